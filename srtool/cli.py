@@ -1,0 +1,341 @@
+"""The `srtool` command line: certify, predict, report.
+
+Errors a user can fix print one line and exit with code 2 (UsageError); nothing is written before
+every input has been checked. Set SRTOOL_DEBUG=1 to see tracebacks of unexpected failures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import UsageError
+
+ASSETS = resources.files("srtool") / "assets"
+DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
+DEFAULT_IMAGES = "fashion_mnist_sample.npz"
+DEMO_N = 1000  # n for the shipped sample, so the default run takes about a minute on 2 cores
+PAPER_N = 100_000
+# Views per ONNX Runtime call for --batch auto: about 64 M float32 values of model input.
+AUTO_BATCH_VALUES = 64 * 2**20
+
+
+def _asset(name: str) -> Path:
+    return Path(str(ASSETS / name))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def plan_options(function):
+    """Options shared by certify and predict (one pipeline, the same knobs)."""
+    options = [
+        click.option("--model", type=click.Path(), default=None,
+                     help=f"ONNX classifier taking [0,1] pixels (default: shipped {DEFAULT_MODEL})."),
+        click.option("--images", type=click.Path(), default=None,
+                     help="Folder (ImageFolder or flat), image file, CIFAR-10 batch, IDX file or .npz "
+                          f"(default: shipped {DEFAULT_IMAGES}, 500 Fashion-MNIST test images)."),
+        click.option("--labels", type=click.Path(), default=None,
+                     help="CSV of filename,label for a flat image folder."),
+        click.option("--image-size", type=int, default=None,
+                     help="Resize images on load (shorter side, then centre crop) to this square size. "
+                          "Certificates hold for the loaded image."),
+        click.option("--sigma", type=float, default=None,
+                     help="Noise level in [0,1] pixel units (default: the model's srtool.sigma metadata)."),
+        click.option("--alpha", type=float, default=0.001, show_default=True,
+                     help="Failure probability of the certificate / of the prediction test."),
+        click.option("--n", "n", type=int, default=None,
+                     help=f"Noisy copies for the estimate (default {PAPER_N:,}; {DEMO_N:,} on the shipped sample)."),
+        click.option("--batch", default="auto", show_default=True,
+                     help="Noisy copies per ONNX Runtime call (fixed for the run), or 'auto'."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the per-input noise streams; same seed, same results."),
+        click.option("--patches", type=int, default=1, show_default=True,
+                     help="k views per noisy copy (1 = standard randomized smoothing)."),
+        click.option("--patch-size", type=int, default=None,
+                     help="Square patch edge (default: the model's input size)."),
+        click.option("--resize", type=int, default=None,
+                     help="Resize (bilinear, inside the graph) the shorter side to this before cutting patches."),
+        click.option("--sampling", type=click.Choice(["dense", "random"]), default="dense", show_default=True,
+                     help="Patch positions: an even grid, or drawn uniformly once per input."),
+        click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+                     help="Smooth-Mean (mean of logits) or Smooth-Max (max of softmax) over the k views."),
+        click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input",
+                     show_default=True,
+                     help="Where the noise goes; the radius is corrected to hold for the input (docs/soundness.md)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
+        click.option("--threads", type=int, default=0, show_default=True,
+                     help="ONNX Runtime intra-op threads (0 = one per core)."),
+        click.option("--skip", type=int, default=1, show_default=True,
+                     help="Evaluate every skip-th input (as Cohen's certify.py)."),
+        click.option("--max", "max_index", type=int, default=None,
+                     help="Stop before this input index (as Cohen's certify.py)."),
+        click.option("--out", type=click.Path(), default=None,
+                     help="Results Parquet file (default: runs/<model>-<mode>-<method>.parquet)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run with a different configuration."),
+        click.option("--quiet", is_flag=True, help="No progress bar and no summary."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="srtool")
+def cli():
+    """Certify classifiers with randomized smoothing and Smooth-Reduce on ONNX Runtime."""
+
+
+@cli.command()
+@click.option("--n0", type=int, default=100, show_default=True,
+              help="Noisy copies for selecting the class (never reused for the estimate).")
+@plan_options
+def certify(**options):
+    """Certified radii (Cohen et al.'s CERTIFY) for every input; writes a Parquet table."""
+    _run("certify", options)
+
+
+@cli.command()
+@plan_options
+def predict(**options):
+    """Smoothed predictions with a binomial abstention test (Cohen et al.'s PREDICT)."""
+    _run("predict", {**options, "n0": 0})
+
+
+def _auto_batch(plan, n: int) -> int:
+    views = plan.patches * plan.input_shape[0] * plan.patch_hw[0] * plan.patch_hw[1]
+    noise_values = int(__import__("numpy").prod(plan.noise_shape))
+    fits = AUTO_BATCH_VALUES // max(views, noise_values)
+    return int(max(1, min(1000, fits, n)))
+
+
+def _prepare(mode: str, o: dict):
+    """Check every input and option, build the plan and the engine; nothing is written yet."""
+    from .data import open_images
+    from .engine import VoteCounter
+    from .model import infer_num_classes, load_model
+    from .engine import make_session
+    from .pipeline import Settings
+    from .plan import Plan
+    from .results import ResultsWriter
+
+    demo = o["images"] is None
+    model = load_model(o["model"] or _asset(DEFAULT_MODEL))
+    dataset = open_images(o["images"] or _asset(DEFAULT_IMAGES), o["labels"])
+    sigma = o["sigma"] if o["sigma"] is not None else model.trained_sigma
+    n = o["n"] if o["n"] is not None else (DEMO_N if demo else PAPER_N)
+    _check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
+    _check(sigma > 0, "--sigma must be positive")
+    _check(0 < o["alpha"] < 1, "--alpha must lie strictly between 0 and 1")
+    _check(n >= 1, "--n must be at least 1")
+    _check(mode == "predict" or o["n0"] >= 1, "--n0 must be at least 1")
+    _check(o["skip"] >= 1, "--skip must be at least 1")
+    _check(o["image_size"] is None or o["image_size"] >= 1, "--image-size must be positive")
+    _check(o["threads"] >= 0, "--threads must be 0 (automatic) or more")
+
+    # Channels and size of the inputs: what the model wants, and what the first readable image is.
+    model_shape = model.input_shape
+    _check(model_shape is None or len(model_shape) == 3,
+           f"{model.path.name} takes videos (N×C×T×H×W); use srtool video")
+    dataset.channels = model_shape[0] if model_shape else None
+    dataset.size = o["image_size"]
+    first = next((dataset[i] for i in range(min(len(dataset), 32)) if dataset[i].image is not None), None)
+    _check(first is not None, f"{dataset.source}: none of the first images could be read")
+    input_shape = first.image.shape
+    h, w = input_shape[1:]
+
+    if o["patch_size"] is not None:
+        _check(o["patch_size"] >= 1, "--patch-size must be positive")
+        patch_hw = (o["patch_size"], o["patch_size"])
+    elif model_shape is not None:
+        patch_hw = tuple(model_shape[1:])
+    else:
+        raise UsageError(f"{model.path.name} does not declare its input size; pass --patch-size")
+    if model_shape is not None and tuple(model_shape[1:]) != patch_hw:
+        raise UsageError(f"--patch-size {patch_hw[0]} does not fit the model, which takes "
+                         f"{model_shape[1]}×{model_shape[2]}")
+    if o["resize"] is not None:
+        _check(o["resize"] >= 1, "--resize must be positive")
+        scale = o["resize"] / min(h, w)
+        resized_hw = (round(h * scale), round(w * scale))
+    else:
+        resized_hw = (h, w)
+    smooth_reduce = o["patches"] > 1 or o["resize"] is not None or o["patch_size"] is not None
+    if not smooth_reduce and patch_hw != (h, w):
+        raise UsageError(f"images are {h}×{w} but the model takes {patch_hw[0]}×{patch_hw[1]}; pass "
+                         f"--image-size {patch_hw[0]} to resize on load, or --patch-size/--patches to crop")
+    plan = Plan(input_shape=input_shape, patch_hw=patch_hw, resized_hw=resized_hw, patches=o["patches"],
+                sampling=o["sampling"], reduce=o["reduce"], noise_space=o["noise_space"])
+
+    if o["batch"] == "auto":
+        batch = _auto_batch(plan, n)
+    else:
+        try:
+            batch = int(o["batch"])
+        except ValueError:
+            raise UsageError("--batch must be a positive integer or 'auto'") from None
+        _check(batch >= 1, "--batch must be a positive integer or 'auto'")
+
+    num_classes = infer_num_classes(model, make_session)
+    counter = VoteCounter(model, plan, num_classes, batch, o["device"], o["threads"])
+    settings = Settings(mode=mode, sigma=sigma, alpha=o["alpha"], n0=o["n0"], n=n, seed=o["seed"])
+
+    method = "rs" if not smooth_reduce else f"{o['reduce']}{o['patches']}-{o['noise_space']}"
+    out = Path(o["out"] or f"runs/{model.name}-{mode}-sigma{sigma:g}-{method}.parquet")
+    config = {
+        "command": mode, "sigma": sigma, "alpha": o["alpha"], "n0": o["n0"] if mode == "certify" else None,
+        "n": n, "seed": o["seed"], **plan.describe(), "image_size": o["image_size"],
+        "model": str(model.path), "model_sha256": model.sha256, "num_classes": num_classes,
+        "classes": model.classes or dataset.class_names,
+        "dataset": str(Path(dataset.source).resolve()), "labels": o["labels"],
+        "version": __version__, "device": counter.device, "batch": batch, "threads": o["threads"],
+        "skip": o["skip"], "max": o["max_index"],
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = ResultsWriter(out, config, overwrite=o["overwrite"])
+    stop = len(dataset) if o["max_index"] is None else min(len(dataset), o["max_index"])
+    todo = [i for i in range(0, stop, o["skip"]) if i not in writer.done_indices]
+    return dataset, plan, counter, settings, writer, todo, config
+
+
+def _run(mode: str, o: dict) -> None:
+    from .pipeline import run
+    from .report import summarize
+
+    dataset, plan, counter, settings, writer, todo, config = _prepare(mode, o)
+    quiet = o["quiet"]
+    if not quiet:
+        where = f"{len(writer.done_indices)} done, " if writer.done_indices else ""
+        click.echo(f"srtool {mode}: {Path(config['model']).name} on {config['device']}, "
+                   f"σ={settings.sigma:g}, n={settings.n:,}, {where}{len(todo)} to go → {writer.path}",
+                   err=True)
+    try:
+        if quiet:
+            run(dataset, todo, plan, counter, settings, writer)
+        else:
+            _run_with_progress(dataset, todo, plan, counter, settings, writer, mode)
+    except KeyboardInterrupt:
+        writer.flush()  # every finished input is kept; the same command resumes
+        click.echo(f"\ninterrupted: finished inputs are saved; run the same command to resume", err=True)
+        sys.exit(130)
+    finally:
+        counter.close()
+    table = writer.finish()
+    if not quiet:
+        _print_summary([summarize(table, config)])
+        click.echo(f"results: {writer.path}", err=True)
+
+
+def _run_with_progress(dataset, todo, plan, counter, settings, writer, mode) -> None:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from .pipeline import run
+
+    tally = {"done": 0, "correct": 0, "radius": 0.0}
+
+    def status() -> str:
+        if not tally["done"]:
+            return ""
+        accuracy = tally["correct"] / tally["done"]
+        if mode == "certify":
+            return f"acc {accuracy:.1%}  ACR {tally['radius'] / tally['done']:.3f}"
+        return f"acc {accuracy:.1%}"
+
+    with Progress(TextColumn(f"[bold]{mode}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False) as progress:
+        task = progress.add_task(mode, total=len(todo), status="")
+
+        def on_row(row: dict) -> None:
+            if row["error"] is None:
+                tally["done"] += 1
+                tally["correct"] += row["correct"]
+                tally["radius"] += (row["radius"] or 0.0) * row["correct"]
+            progress.update(task, advance=1, status=status())
+
+        run(dataset, todo, plan, counter, settings, writer, on_row)
+
+
+def _print_summary(summaries: list[dict], radii=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import DEFAULT_RADII, rows_for_display
+
+    header, rows = rows_for_display(summaries, radii or DEFAULT_RADII)
+    table = Table(box=None, header_style="bold")
+    for i, name in enumerate(header):
+        table.add_column(name, no_wrap=i == 0, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    if not console.is_terminal:  # piped or in CI: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--radii", default="0.25,0.5,0.75,1.0", show_default=True,
+              help="Comma-separated radii for certified accuracy.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "cohen-tsv"]),
+              default="table", show_default=True)
+@click.option("--plot", type=click.Path(), default=None, help="Write certified accuracy vs radius to this image.")
+def report(runs, radii, fmt, plot):
+    """Summarize results files: accuracy, certified accuracy at radii, ACR, abstention."""
+    from . import report as rep
+
+    try:
+        radii = tuple(float(r) for r in radii.split(",") if r.strip())
+    except ValueError:
+        raise UsageError("--radii must be comma-separated numbers") from None
+    loaded = rep.load(runs)
+    labels = [rep.run_label(config) for _, config, _ in loaded]
+    labels = [f"{label} [{Path(path).stem}]" if labels.count(label) > 1 else label
+              for label, (_, _, path) in zip(labels, loaded)]
+    summaries = [rep.summarize(table, config, radii) | {"label": label, "file": path}
+                 for (table, config, path), label in zip(loaded, labels)]
+    if fmt == "cohen-tsv":
+        _check(len(loaded) == 1, "--format cohen-tsv takes one results file")
+        click.echo(rep.cohen_tsv(loaded[0][0]))
+    elif fmt == "json":
+        click.echo(rep.to_json(summaries))
+    elif fmt == "markdown":
+        click.echo(rep.markdown(*rep.rows_for_display(summaries, radii)))
+    else:
+        _print_summary(summaries, radii)
+    if plot:
+        rep.plot([(table, config, label) for (table, config, _), label in zip(loaded, labels)], plot)
+        click.echo(f"plot: {plot}", err=True)
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="srtool", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except UsageError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as error:
+        if os.environ.get("SRTOOL_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+                   "(set SRTOOL_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,274 @@
+"""Image datasets: every reader yields items of float32 C×H×W arrays in [0,1] with an int label.
+
+`open_images(PATH)` accepts
+- a folder in the ImageFolder layout (class sub-folders; labels by sorted folder name), or a flat
+  folder of images (label -1, or labels from a CSV of `filename,label` rows);
+- a single image file;
+- CIFAR-10 batches, python (`data_batch_1`, `test_batch`) or binary (`*.bin`) format;
+- MNIST / Fashion-MNIST IDX files, gzipped or not (the labels file beside it is found by name);
+- `.npz` with `x` (N×C×H×W or N×H×W×C or N×H×W; uint8 0–255 or float in [0,1]) and optional `y`.
+
+Folder images are read lazily, so one unreadable file becomes one error row, not a failed run.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .errors import UsageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class Item:
+    index: int
+    label: int
+    image: np.ndarray | None  # C×H×W float32 in [0,1]; None when it could not be read
+    path: str | None = None
+    error: str | None = None
+
+
+class Dataset:
+    """A sized, indexable collection of items; reading and conversion happen on access."""
+
+    def __init__(self, source: str, labels: list[int], read: Callable[[int], np.ndarray],
+                 paths: list[str] | None = None, class_names: list[str] | None = None):
+        self.source = source
+        self.labels = labels
+        self._read = read
+        self.paths = paths
+        self.class_names = class_names
+        self.channels: int | None = None  # set by the caller: what the model wants
+        self.size: int | None = None  # set by the caller: resize-on-load edge, or None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Item:
+        path = self.paths[index] if self.paths else None
+        try:
+            image = conform(self._read(index), self.channels, self.size)
+        except UsageError:
+            raise
+        except Exception as error:  # one bad file is recorded, the run goes on
+            return Item(index, self.labels[index], None, path, f"unreadable: {error}".splitlines()[0])
+        return Item(index, self.labels[index], image, path)
+
+
+# -- conversion ------------------------------------------------------------------------------------
+
+def to_unit_chw(array: np.ndarray) -> np.ndarray:
+    """H×W, H×W×C (channels last, C ≤ 4) or C×H×W; uint8 or float in [0,1] → float32 C×H×W."""
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3):
+        array = np.moveaxis(array, -1, 0)
+    if array.ndim != 3:
+        raise ValueError(f"an image must have 2 or 3 axes, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    array = array.astype(np.float32)
+    if array.size and (array.min() < 0 or array.max() > 1):
+        raise ValueError("float pixels must lie in [0,1]")
+    return array
+
+
+def conform(image: np.ndarray, channels: int | None, size: int | None) -> np.ndarray:
+    """Match the channel count the model wants and, if asked, resize on load (shorter side, centre crop)."""
+    image = to_unit_chw(image)
+    if image.shape[0] == 4:
+        image = image[:3]  # drop alpha
+    if channels == 1 and image.shape[0] == 3:
+        image = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None].astype(np.float32)
+    elif channels == 3 and image.shape[0] == 1:
+        image = np.repeat(image, 3, axis=0)
+    if size is not None and image.shape[1:] != (size, size):
+        h, w = image.shape[1:]
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        hwc = np.moveaxis(image, 0, -1)
+        resized = cv2.resize(hwc, (new_w, new_h), interpolation=interpolation).reshape(new_h, new_w, -1)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        image = np.ascontiguousarray(np.moveaxis(resized[top:top + size, left:left + size], -1, 0))
+        image = np.clip(image, 0.0, 1.0)
+    return image
+
+
+# -- readers -------------------------------------------------------------------------------------
+
+def _read_image_file(path: str) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("not an image OpenCV can decode")
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    if image.ndim == 3:  # OpenCV gives BGR(A); the models want RGB
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_labels_csv(path: Path) -> dict[str, int]:
+    labels = {}
+    with open(path, newline="") as handle:
+        for row in csv.reader(handle):
+            if len(row) < 2 or row[0].strip().lower() in ("path", "filename", "file", "name"):
+                continue
+            try:
+                labels[row[0].strip()] = int(row[1])
+            except ValueError:
+                raise UsageError(f"{path}: label {row[1]!r} for {row[0]!r} is not an integer") from None
+    return labels
+
+
+def _folder(root: Path, labels_csv: Path | None) -> Dataset:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes:
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted(p for p in (root / name).rglob("*") if _is_image(p))
+            paths += [str(p) for p in files]
+            labels += [label] * len(files)
+        class_names = classes
+    else:
+        files = sorted(p for p in root.iterdir() if _is_image(p))
+        paths = [str(p) for p in files]
+        known = _read_labels_csv(labels_csv) if labels_csv else {}
+        labels = [known.get(p.name, known.get(str(p), -1)) for p in files]
+        class_names = None
+    return Dataset(str(root), labels, lambda i: _read_image_file(paths[i]), paths, class_names)
+
+
+def _open_maybe_gzip(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def _parse_idx(raw: bytes, source: Path) -> np.ndarray:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UsageError(f"{source}: not an unsigned-byte IDX file")
+    rank = raw[3]
+    dims = struct.unpack(f">{rank}I", raw[4:4 + 4 * rank])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank)
+    if data.size != int(np.prod(dims)):
+        raise UsageError(f"{source}: IDX header says {dims} but the file holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def _idx(path: Path) -> Dataset:
+    images = _parse_idx(_open_maybe_gzip(path), path)
+    if images.ndim != 3:
+        raise UsageError(f"{path}: an IDX images file has 3 axes (N×H×W), this one has {images.ndim}")
+    labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1"))
+    candidates = [labels_path, labels_path.with_name(labels_path.name.removesuffix(".gz")),
+                  labels_path.with_name(labels_path.name + ".gz")]
+    found = next((p for p in candidates if p != path and p.is_file()), None)
+    labels = _parse_idx(_open_maybe_gzip(found), found).astype(int).tolist() if found else [-1] * len(images)
+    if len(labels) != len(images):
+        raise UsageError(f"{found}: {len(labels)} labels for {len(images)} images")
+    return Dataset(str(path), labels, lambda i: images[i])
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Decodes exactly what a CIFAR-10 python batch holds: a dict of bytes, lists and numpy arrays.
+
+    Every global a pickle may name is refused except numpy's array reconstruction, so a hostile file
+    cannot run code.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar_names(folder: Path) -> list[str] | None:
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        try:
+            content = _CifarUnpickler(io.BytesIO(meta.read_bytes()), encoding="bytes").load()
+            return [n.decode() for n in content[b"label_names"]]
+        except Exception:
+            return None
+    text = folder / "batches.meta.txt"
+    return [line.strip() for line in text.read_text().splitlines() if line.strip()] if text.is_file() else None
+
+
+def _cifar_python(path: Path) -> Dataset:
+    try:
+        content = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = np.asarray(content[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(v) for v in content[b"labels"]]
+    except Exception as error:
+        raise UsageError(f"{path}: not a CIFAR-10 python batch ({error})") from None
+    return Dataset(str(path), labels, lambda i: data[i], class_names=_cifar_names(path.parent))
+
+
+def _cifar_binary(path: Path) -> Dataset:
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    record = 1 + 3 * 32 * 32
+    if raw.size == 0 or raw.size % record:
+        raise UsageError(f"{path}: size is not a multiple of a CIFAR-10 record ({record} bytes)")
+    rows = raw.reshape(-1, record)
+    images = rows[:, 1:].reshape(-1, 3, 32, 32)
+    return Dataset(str(path), rows[:, 0].astype(int).tolist(), lambda i: images[i],
+                   class_names=_cifar_names(path.parent))
+
+
+def _npz(path: Path) -> Dataset:
+    try:
+        archive = np.load(path, allow_pickle=False)
+        x = archive["x"]
+        y = archive["y"].astype(int).tolist() if "y" in archive.files else [-1] * len(x)
+    except KeyError:
+        raise UsageError(f"{path}: an .npz dataset needs an array named 'x'") from None
+    except Exception as error:
+        raise UsageError(f"{path}: cannot read as .npz ({str(error).splitlines()[0]})") from None
+    if x.ndim not in (3, 4):
+        raise UsageError(f"{path}: x must be N×C×H×W, N×H×W×C or N×H×W, got shape {x.shape}")
+    if len(y) != len(x):
+        raise UsageError(f"{path}: {len(y)} labels for {len(x)} images")
+    return Dataset(str(path), y, lambda i: x[i])
+
+
+def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"images not found: {path}")
+    name = path.name.lower()
+    if path.is_dir():
+        dataset = _folder(path, Path(labels_csv) if labels_csv else None)
+    elif name.endswith(".npz"):
+        dataset = _npz(path)
+    elif "idx3" in name or name.endswith((".idx", ".idx.gz")):
+        dataset = _idx(path)
+    elif name.endswith(".bin"):
+        dataset = _cifar_binary(path)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        dataset = Dataset(str(path), [-1], lambda i: _read_image_file(str(path)), [str(path)])
+    elif name.startswith(("data_batch", "test_batch")):
+        dataset = _cifar_python(path)
+    else:
+        raise UsageError(f"{path}: unknown dataset format (expected a folder, an image, .npz, "
+                         "IDX, or CIFAR-10 python/binary batches)")
+    if len(dataset) == 0:
+        raise UsageError(f"{path}: no images found")
+    return dataset
