@@ -112,43 +112,41 @@ def predict(**options):
 
 
 def _auto_batch(plan, n: int) -> int:
-    views = plan.patches * plan.input_shape[0] * plan.patch_hw[0] * plan.patch_hw[1]
-    noise_values = int(__import__("numpy").prod(plan.noise_shape))
-    fits = AUTO_BATCH_VALUES // max(views, noise_values)
-    return int(max(1, min(1000, fits, n)))
+    """Noisy copies per call so that one call's model input stays near AUTO_BATCH_VALUES floats."""
+    import numpy as np
+
+    per_copy = max(int(np.prod(plan.view_shape)) * plan.views_per_copy, int(np.prod(plan.noise_shape)))
+    return int(max(1, min(1000, AUTO_BATCH_VALUES // per_copy, n)))
 
 
-def _prepare(mode: str, o: dict):
-    """Check every input and option, build the plan and the engine; nothing is written yet."""
-    from .data import open_images
-    from .engine import VoteCounter
-    from .model import infer_num_classes, load_model
-    from .engine import make_session
+def _settings(mode: str, o: dict, model, demo_n: int, paper_n: int):
+    """The statistical settings, checked; shared by images and videos."""
     from .pipeline import Settings
-    from .plan import Plan
-    from .results import ResultsWriter
 
-    demo = o["images"] is None
-    model = load_model(o["model"] or _asset(DEFAULT_MODEL))
-    dataset = open_images(o["images"] or _asset(DEFAULT_IMAGES), o["labels"])
     sigma = o["sigma"] if o["sigma"] is not None else model.trained_sigma
-    n = o["n"] if o["n"] is not None else (DEMO_N if demo else PAPER_N)
+    n = o["n"] if o["n"] is not None else (demo_n if o["demo"] else paper_n)
     _check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
     _check(sigma > 0, "--sigma must be positive")
     _check(0 < o["alpha"] < 1, "--alpha must lie strictly between 0 and 1")
     _check(n >= 1, "--n must be at least 1")
     _check(mode == "predict" or o["n0"] >= 1, "--n0 must be at least 1")
     _check(o["skip"] >= 1, "--skip must be at least 1")
-    _check(o["image_size"] is None or o["image_size"] >= 1, "--image-size must be positive")
     _check(o["threads"] >= 0, "--threads must be 0 (automatic) or more")
+    return Settings(mode=mode, sigma=sigma, alpha=o["alpha"], n0=o["n0"], n=n, seed=o["seed"])
 
-    # Channels and size of the inputs: what the model wants, and what the first readable image is.
+
+def _image_plan(o: dict, model, dataset):
+    """The image plan from the options, the model's input size and the first readable image."""
+    from .plan import Plan
+
     model_shape = model.input_shape
     _check(model_shape is None or len(model_shape) == 3,
            f"{model.path.name} takes videos (N×C×T×H×W); use srtool video")
+    _check(o["image_size"] is None or o["image_size"] >= 1, "--image-size must be positive")
     dataset.channels = model_shape[0] if model_shape else None
     dataset.size = o["image_size"]
-    first = next((dataset[i] for i in range(min(len(dataset), 32)) if dataset[i].image is not None), None)
+    first = next((item for item in (dataset[i] for i in range(min(len(dataset), 32)))
+                  if item.image is not None), None)
     _check(first is not None, f"{dataset.source}: none of the first images could be read")
     input_shape = first.image.shape
     h, w = input_shape[1:]
@@ -156,13 +154,13 @@ def _prepare(mode: str, o: dict):
     if o["patch_size"] is not None:
         _check(o["patch_size"] >= 1, "--patch-size must be positive")
         patch_hw = (o["patch_size"], o["patch_size"])
+        if model_shape is not None and tuple(model_shape[1:]) != patch_hw:
+            raise UsageError(f"--patch-size {patch_hw[0]} does not fit the model, which takes "
+                             f"{model_shape[1]}×{model_shape[2]}")
     elif model_shape is not None:
         patch_hw = tuple(model_shape[1:])
     else:
         raise UsageError(f"{model.path.name} does not declare its input size; pass --patch-size")
-    if model_shape is not None and tuple(model_shape[1:]) != patch_hw:
-        raise UsageError(f"--patch-size {patch_hw[0]} does not fit the model, which takes "
-                         f"{model_shape[1]}×{model_shape[2]}")
     if o["resize"] is not None:
         _check(o["resize"] >= 1, "--resize must be positive")
         scale = o["resize"] / min(h, w)
@@ -175,25 +173,31 @@ def _prepare(mode: str, o: dict):
                          f"--image-size {patch_hw[0]} to resize on load, or --patch-size/--patches to crop")
     plan = Plan(input_shape=input_shape, patch_hw=patch_hw, resized_hw=resized_hw, patches=o["patches"],
                 sampling=o["sampling"], reduce=o["reduce"], noise_space=o["noise_space"])
+    method = f"{o['reduce']}{o['patches']}-{o['noise_space']}" if smooth_reduce else "rs"
+    return plan, method
+
+
+def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: str, extra: dict):
+    """Engine, results writer and the inputs still to do: the last step before any work."""
+    from .engine import VoteCounter, make_session
+    from .model import infer_num_classes
+    from .results import ResultsWriter
 
     if o["batch"] == "auto":
-        batch = _auto_batch(plan, n)
+        batch = _auto_batch(plan, settings.n)
     else:
         try:
             batch = int(o["batch"])
         except ValueError:
             raise UsageError("--batch must be a positive integer or 'auto'") from None
         _check(batch >= 1, "--batch must be a positive integer or 'auto'")
-
     num_classes = infer_num_classes(model, make_session)
-    counter = VoteCounter(model, plan, num_classes, batch, o["device"], o["threads"])
-    settings = Settings(mode=mode, sigma=sigma, alpha=o["alpha"], n0=o["n0"], n=n, seed=o["seed"])
-
-    method = "rs" if not smooth_reduce else f"{o['reduce']}{o['patches']}-{o['noise_space']}"
-    out = Path(o["out"] or f"runs/{model.name}-{mode}-sigma{sigma:g}-{method}.parquet")
+    counter = VoteCounter(graph, plan, num_classes, batch, o["device"], o["threads"])
+    out = Path(o["out"] or f"runs/{model.name}-{mode}-sigma{settings.sigma:g}-{method}.parquet")
     config = {
-        "command": mode, "sigma": sigma, "alpha": o["alpha"], "n0": o["n0"] if mode == "certify" else None,
-        "n": n, "seed": o["seed"], **plan.describe(), "image_size": o["image_size"],
+        "command": mode, "sigma": settings.sigma, "alpha": settings.alpha,
+        "n0": settings.n0 if mode == "certify" else None, "n": settings.n, "seed": settings.seed,
+        **plan.describe(), **extra,
         "model": str(model.path), "model_sha256": model.sha256, "num_classes": num_classes,
         "classes": model.classes or dataset.class_names,
         "dataset": str(Path(dataset.source).resolve()), "labels": o["labels"],
@@ -205,14 +209,32 @@ def _prepare(mode: str, o: dict):
     writer = ResultsWriter(out, config, overwrite=o["overwrite"])
     stop = len(dataset) if o["max_index"] is None else min(len(dataset), o["max_index"])
     todo = [i for i in range(0, stop, o["skip"]) if i not in writer.done_indices]
+    return counter, writer, todo, config
+
+
+def _prepare_images(mode: str, o: dict):
+    """Check every input and option, build plan and engine; nothing is written before this returns."""
+    from .data import open_images
+    from .graph import sampling_graph
+    from .model import load_model
+
+    o["demo"] = o["images"] is None
+    model = load_model(o["model"] or _asset(DEFAULT_MODEL))
+    dataset = open_images(o["images"] or _asset(DEFAULT_IMAGES), o["labels"])
+    settings = _settings(mode, o, model, DEMO_N, PAPER_N)
+    plan, method = _image_plan(o, model, dataset)
+    graph = sampling_graph(model, plan)
+    counter, writer, todo, config = _launch(mode, o, model, dataset, plan, graph, settings, method,
+                                            {"image_size": o["image_size"]})
     return dataset, plan, counter, settings, writer, todo, config
 
 
-def _run(mode: str, o: dict) -> None:
+def _run(mode: str, o: dict, prepare=_prepare_images) -> None:
+    """Prepare (all checks), then evaluate with progress, then merge the results and summarize."""
     from .pipeline import run
     from .report import summarize
 
-    dataset, plan, counter, settings, writer, todo, config = _prepare(mode, o)
+    dataset, plan, counter, settings, writer, todo, config = prepare(mode, o)
     quiet = o["quiet"]
     if not quiet:
         where = f"{len(writer.done_indices)} done, " if writer.done_indices else ""

@@ -13,12 +13,11 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnx
 
 from . import noise
 from .errors import UsageError
-from .graph import NOISY, OFFSETS, VOTES, sampling_graph
-from .model import Model
-from .plan import Plan
+from .graph import NOISY, OFFSETS, VOTES
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -59,12 +58,13 @@ def provider_name(session) -> str:
 class VoteCounter:
     """Counts the votes of the reduced base classifier on noisy copies of one noise point."""
 
-    def __init__(self, model: Model, plan: Plan, num_classes: int, batch: int,
+    def __init__(self, graph: onnx.ModelProto, plan, num_classes: int, batch: int,
                  device: str = "auto", threads: int = 0):
+        """`graph` is a sampling graph for `plan` (any plan with noise_shape and dense_offsets)."""
         self.plan = plan
         self.num_classes = num_classes
         self.batch = batch
-        self.session = make_session(sampling_graph(model, plan).SerializeToString(), device, threads)
+        self.session = make_session(graph.SerializeToString(), device, threads)
         self.device = provider_name(self.session)
         self._feeds_offsets = any(i.name == OFFSETS for i in self.session.get_inputs())
         self._buffers = [np.empty((batch, *plan.noise_shape), dtype=np.float32) for _ in range(2)]

@@ -29,7 +29,7 @@ def _const(name: str, values: list[int]) -> onnx.TensorProto:
     return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
 
 
-class _Builder:
+class Builder:
     """Collects nodes and constants under the `srtool/` prefix, so they never clash with the model's."""
 
     def __init__(self, opset: int):
@@ -60,7 +60,7 @@ class _Builder:
         return self.node(op, [data], output, axes=axes, **attrs)
 
 
-def _crops(b: _Builder, image: str, plan: Plan) -> str:
+def _crops(b: Builder, image: str, plan: Plan) -> str:
     """The k crops of `image` (B, C, R, R) stacked as (B, k, C, P, P), positions from OFFSETS."""
     ph, pw = plan.patch_hw
     size = b.const([ph, pw])
@@ -75,47 +75,31 @@ def _crops(b: _Builder, image: str, plan: Plan) -> str:
     return b.node("Concat", views, axis=1) if len(views) > 1 else views[0]
 
 
-def sampling_graph(model: Model, plan: Plan) -> onnx.ModelProto:
+def assemble(model: Model, inputs: list, head, views: int, reduce: str, chunks: int = 1) -> onnx.ModelProto:
+    """Splice `model` between a head and the vote tail; shared by the image and video graphs.
+
+    `head(builder, model_input)` adds the nodes that turn the graph inputs into the model's input
+    batch, ordered copy-major: copy 0's views (each of `chunks` chunks), then copy 1's, and so on.
+    The tail averages the logits of a view's chunks (the video base classifier; images have one
+    chunk), reduces over the `views` views per copy (mean of logits, or max of softmax), and votes.
+    """
     opset = max(model.opset, MIN_OPSET)
     proto = model.proto
     if model.opset < MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
-    b = _Builder(opset)
-    c = plan.input_shape[0]
-    ph, pw = plan.patch_hw
-    inputs = [helper.make_tensor_value_info(NOISY, TensorProto.FLOAT, ["batch", *plan.noise_shape])]
+    b = Builder(opset)
+    head(b, model.input_name)
+    head_nodes, b.nodes = b.nodes, []
 
-    if plan.noise_space == "patch":
-        stacked = NOISY  # (B, k, C, P, P) already
-    elif not plan.crops:
-        stacked = None  # the whole (resized) image is the single view
-    else:
-        inputs.append(helper.make_tensor_value_info(OFFSETS, TensorProto.INT64, [plan.patches, 2]))
-        stacked = None
-    image = NOISY
-    if plan.noise_space == "input" and plan.has_resize:
-        nodes, inits = resize_nodes(NOISY, "srtool/resized", plan.resized_hw, "srtool/resize/")
-        b.nodes += nodes
-        b.inits += inits
-        image = "srtool/resized"
-    if plan.noise_space != "patch" and plan.crops:
-        stacked = _crops(b, image, plan)
-
-    # Into the model: its input tensor is now produced by us instead of fed by the caller.
-    if stacked is None:
-        b.node("Identity", [image], model.input_name)
-    else:
-        b.node("Reshape", [stacked, b.const([-1, c, ph, pw])], model.input_name)
-    head = list(b.nodes)
-    b.nodes = []
-
-    # Out of the model: (B·k, classes) → (B, k, classes) → reduce over k → vote.
     logits = model.output_name
     width = b.node("Shape", [logits])
     classes = b.node("Slice", [width, b.const([1]), b.const([2])])
-    shape = b.node("Concat", [b.const([-1, plan.patches]), classes], axis=0)
+    if chunks > 1:
+        shape = b.node("Concat", [b.const([-1, chunks]), classes], axis=0)
+        logits = b.with_axes("ReduceMean", b.node("Reshape", [logits, shape]), [1], keepdims=0)
+    shape = b.node("Concat", [b.const([-1, views]), classes], axis=0)
     per_view = b.node("Reshape", [logits, shape])
-    if plan.reduce == "max":
+    if reduce == "max":
         per_view = b.node("Softmax", [per_view], axis=-1)
         reduced = b.with_axes("ReduceMax", per_view, [1], keepdims=0)
     else:
@@ -124,8 +108,8 @@ def sampling_graph(model: Model, plan: Plan) -> onnx.ModelProto:
 
     graph = proto.graph
     merged = helper.make_graph(
-        head + list(graph.node) + b.nodes,
-        f"srtool_sampling_{plan.reduce}_{plan.patches}",
+        head_nodes + list(graph.node) + b.nodes,
+        f"srtool_sampling_{reduce}_{views}",
         inputs,
         [helper.make_tensor_value_info(VOTES, TensorProto.INT64, ["batch"])],
         initializer=list(graph.initializer) + b.inits,
@@ -137,3 +121,29 @@ def sampling_graph(model: Model, plan: Plan) -> onnx.ModelProto:
                             ir_version=max(proto.ir_version, helper.find_min_ir_version_for([opsets[-1]])))
     out.functions.extend(proto.functions)
     return out
+
+
+def sampling_graph(model: Model, plan: Plan) -> onnx.ModelProto:
+    """The image graph: noisy points in the plan's noise space → k views → model → votes."""
+    c = plan.input_shape[0]
+    ph, pw = plan.patch_hw
+    inputs = [helper.make_tensor_value_info(NOISY, TensorProto.FLOAT, ["batch", *plan.noise_shape])]
+    if plan.noise_space != "patch" and plan.crops:
+        inputs.append(helper.make_tensor_value_info(OFFSETS, TensorProto.INT64, [plan.patches, 2]))
+
+    def head(b: Builder, model_input: str) -> None:
+        if plan.noise_space == "patch":  # (B, k, C, P, P): the host already cut the patches
+            b.node("Reshape", [NOISY, b.const([-1, c, ph, pw])], model_input)
+            return
+        image = NOISY
+        if plan.noise_space == "input" and plan.has_resize:
+            nodes, inits = resize_nodes(NOISY, "srtool/resized", plan.resized_hw, "srtool/resize/")
+            b.nodes += nodes
+            b.inits += inits
+            image = "srtool/resized"
+        if plan.crops:
+            b.node("Reshape", [_crops(b, image, plan), b.const([-1, c, ph, pw])], model_input)
+        else:
+            b.node("Identity", [image], model_input)
+
+    return assemble(model, inputs, head, plan.patches, plan.reduce)

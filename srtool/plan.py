@@ -106,6 +106,15 @@ class Plan:
         high = np.array(self.room) + 1
         return rng.integers(0, high, size=(self.patches, 2)).astype(np.int64)
 
+    @property
+    def views_per_copy(self) -> int:
+        return self.patches
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """What the base model takes for one view."""
+        return (self.input_shape[0], *self.patch_hw)
+
     # -- noise space ---------------------------------------------------------------------------
     @property
     def noise_shape(self) -> tuple[int, ...]:
