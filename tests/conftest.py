@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny ONNX models built with onnx.helper, whose behaviour the tests know exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+
+def linear_onnx(weights: np.ndarray, bias: np.ndarray, input_shape: tuple[int, ...], path,
+                metadata: dict | None = None, opset: int = 17) -> str:
+    """Save f(x) = flatten(x) @ weights + bias as ONNX: input N×input_shape, output N×classes."""
+    features, classes = weights.shape
+    assert features == int(np.prod(input_shape))
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "W"], ["xw"]),
+         helper.make_node("Add", ["xw", "b"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [helper.make_tensor("W", TensorProto.FLOAT, [features, classes], weights.astype(np.float32).ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, [classes], bias.astype(np.float32))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=str(value))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def make_linear(tmp_path):
+    """make_linear(weights, bias, input_shape, name=..., metadata=...) -> path of the saved model."""
+    def make(weights, bias, input_shape, name="linear.onnx", metadata=None, opset=17):
+        return linear_onnx(np.asarray(weights), np.asarray(bias), tuple(input_shape), tmp_path / name,
+                           metadata, opset)
+    return make
