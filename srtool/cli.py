@@ -24,6 +24,14 @@ DEMO_N = 1000  # n for the shipped sample, so the default run takes about a minu
 PAPER_N = 100_000
 # Views per ONNX Runtime call for --batch auto: about 64 M float32 values of model input.
 AUTO_BATCH_VALUES = 64 * 2**20
+# Videos (srtool video): the shipped demo, the paper's video settings (n0=10, n=1000, alpha=0.001),
+# and for --batch auto a cap of 16 M floats (64 MB) of noisy video or model input per call, so the
+# copies per call shrink as videos get longer (a 300-frame 112×112 video runs one copy per call).
+DEFAULT_VIDEO_MODEL = "video_demo_sigma0.25.onnx"
+DEFAULT_VIDEOS = "video_demo"
+VIDEO_DEMO_N = 1000
+VIDEO_PAPER_N = 1000
+VIDEO_VALUES_PER_CALL = 16 * 2**20
 
 
 def _asset(name: str) -> Path:
@@ -177,8 +185,12 @@ def _image_plan(o: dict, model, dataset):
     return plan, method
 
 
-def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: str, extra: dict):
-    """Engine, results writer and the inputs still to do: the last step before any work."""
+def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: str, extra: dict,
+            values_per_call: int | None = None):
+    """Engine, results writer and the inputs still to do: the last step before any work.
+
+    `values_per_call` (videos) lets --batch auto run fewer copies per call for long inputs.
+    """
     from .engine import VoteCounter, make_session
     from .model import infer_num_classes
     from .results import ResultsWriter
@@ -192,7 +204,8 @@ def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: s
             raise UsageError("--batch must be a positive integer or 'auto'") from None
         _check(batch >= 1, "--batch must be a positive integer or 'auto'")
     num_classes = infer_num_classes(model, make_session)
-    counter = VoteCounter(graph, plan, num_classes, batch, o["device"], o["threads"])
+    counter = VoteCounter(graph, plan, num_classes, batch, o["device"], o["threads"],
+                          values_per_call=values_per_call if o["batch"] == "auto" else None)
     out = Path(o["out"] or f"runs/{model.name}-{mode}-sigma{settings.sigma:g}-{method}.parquet")
     config = {
         "command": mode, "sigma": settings.sigma, "alpha": settings.alpha,
@@ -227,6 +240,102 @@ def _prepare_images(mode: str, o: dict):
     counter, writer, todo, config = _launch(mode, o, model, dataset, plan, graph, settings, method,
                                             {"image_size": o["image_size"]})
     return dataset, plan, counter, settings, writer, todo, config
+
+
+def video_options(function):
+    """Options of `srtool video` (one pipeline with the images; sub-videos are the patches)."""
+    options = [
+        click.option("--model", type=click.Path(), default=None,
+                     help="ONNX video classifier taking N×C×m×H×W [0,1] RGB chunks "
+                          f"(default: shipped {DEFAULT_VIDEO_MODEL})."),
+        click.option("--videos", type=click.Path(), default=None,
+                     help="Video file, UCF-101 folder (class folders, classInd.txt, testlist01.txt), "
+                          f"class folders, or a flat folder (default: shipped {DEFAULT_VIDEOS}/)."),
+        click.option("--labels", type=click.Path(), default=None,
+                     help="CSV of filename,label for a flat folder of videos."),
+        click.option("--split", default=None,
+                     help="UCF-101 list of videos to use (default: testlist01.txt beside classInd.txt, if any)."),
+        click.option("--subvideo", default="whole", show_default=True,
+                     help="Frames per sub-video (a multiple of --chunk) for Smooth-Reduce, or 'whole' "
+                          "for standard randomized smoothing of the whole video."),
+        click.option("--chunk", type=int, default=None,
+                     help="Frames per chunk the model takes (default: the model's); chunk logits are averaged."),
+        click.option("--stride", type=int, default=None,
+                     help="Frames between sub-video starts (default: half a sub-video)."),
+        click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+                     help="Smooth-Mean (mean of logits) or Smooth-Max (max of softmax) over the sub-videos."),
+        click.option("--noise-space", type=click.Choice(["input", "patch"]), default="input", show_default=True,
+                     help="One noise draw on the video shared by overlapping sub-videos, or independent "
+                          "noise per sub-video with the radius divided by ‖A‖₂ (docs/video.md)."),
+        click.option("--short", type=click.Choice(["error", "loop"]), default="error", show_default=True,
+                     help="A video shorter than one sub-video (or chunk): an error row, or repeat it "
+                          "from its start as MARS does."),
+        click.option("--predict", "predict_mode", is_flag=True,
+                     help="PREDICT (smoothed prediction with a binomial abstention test) instead of CERTIFY."),
+        click.option("--sigma", type=float, default=None,
+                     help="Noise level in [0,1] pixel units (default: the model's srtool.sigma metadata)."),
+        click.option("--n0", type=int, default=10, show_default=True,
+                     help="Noisy copies for selecting the class (certify only; the paper's video setting)."),
+        click.option("--n", "n", type=int, default=None,
+                     help=f"Noisy copies for the estimate (default {VIDEO_PAPER_N:,}, the paper's video setting)."),
+        click.option("--alpha", type=float, default=0.001, show_default=True,
+                     help="Failure probability of the certificate / of the prediction test."),
+        click.option("--batch", default="auto", show_default=True,
+                     help="Noisy copies per ONNX Runtime call, or 'auto' (fewer copies for longer videos)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the per-video noise streams; same seed, same results."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
+        click.option("--threads", type=int, default=0, show_default=True,
+                     help="ONNX Runtime intra-op threads (0 = one per core)."),
+        click.option("--skip", type=int, default=1, show_default=True, help="Evaluate every skip-th video."),
+        click.option("--max", "max_index", type=int, default=None, help="Stop before this video index."),
+        click.option("--out", type=click.Path(), default=None,
+                     help="Results Parquet file (default: runs/<model>-<mode>-<method>.parquet)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run with a different configuration."),
+        click.option("--quiet", is_flag=True, help="No progress bar and no summary."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@video_options
+def video(predict_mode, **options):
+    """Certify (or --predict) video classifiers: RS of the whole video, or Smooth-Reduce over sub-videos.
+
+    With no --model and --videos it runs the shipped demo (a tiny 3D CNN on synthetic moving sprites).
+    """
+    mode = "predict" if predict_mode else "certify"
+    _run(mode, {**options, "n0": 0} if mode == "predict" else options, prepare=_prepare_videos)
+
+
+def _prepare_videos(mode: str, o: dict):
+    """Like _prepare_images: every check, layout, graph and engine before anything is written."""
+    from . import video as vid
+    from .model import load_model
+
+    o["demo"] = o["videos"] is None
+    model = load_model(o["model"] or _asset(DEFAULT_VIDEO_MODEL))
+    dataset = vid.open_videos(o["videos"] or _asset(DEFAULT_VIDEOS), o["labels"], o["split"])
+    settings = _settings(mode, o, model, VIDEO_DEMO_N, VIDEO_PAPER_N)
+    if str(o["subvideo"]).lower() in ("whole", "all", "none", "0"):
+        subvideo = None
+    else:
+        try:
+            subvideo = int(o["subvideo"])
+        except ValueError:
+            raise UsageError("--subvideo must be a number of frames or 'whole'") from None
+        _check(subvideo >= 1, "--subvideo must be positive (or 'whole')")
+    layout = vid.make_layout(model, subvideo, o["chunk"], o["stride"], o["reduce"], o["noise_space"], o["short"])
+    dataset.channels, dataset.frame_hw = layout.frame_shape[0], layout.frame_shape[1:]
+    graph = vid.sampling_graph(model, layout)
+    counter, writer, todo, config = _launch(mode, o, model, dataset, layout.probe, graph, settings,
+                                            vid.method_tag(layout), {"split": dataset.split},
+                                            values_per_call=VIDEO_VALUES_PER_CALL)
+    # The layout, not one plan, goes to the pipeline: it gives each video the plan for its length.
+    return dataset, layout, counter, settings, writer, todo, config
 
 
 def _run(mode: str, o: dict, prepare=_prepare_images) -> None:

@@ -187,12 +187,13 @@ def _idx(path: Path) -> Dataset:
 class _CifarUnpickler(pickle.Unpickler):
     """Decodes exactly what a CIFAR-10 python batch holds: a dict of bytes, lists and numpy arrays.
 
-    Every global a pickle may name is refused except numpy's array reconstruction, so a hostile file
-    cannot run code.
+    Every global a pickle may name is refused except numpy's array reconstruction (and the codec
+    that protocol-2 pickles written by Python 3 use for byte strings), so a hostile file cannot run
+    code.
     """
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

@@ -59,29 +59,48 @@ class VoteCounter:
     """Counts the votes of the reduced base classifier on noisy copies of one noise point."""
 
     def __init__(self, graph: onnx.ModelProto, plan, num_classes: int, batch: int,
-                 device: str = "auto", threads: int = 0):
-        """`graph` is a sampling graph for `plan` (any plan with noise_shape and dense_offsets)."""
+                 device: str = "auto", threads: int = 0, values_per_call: int | None = None):
+        """`graph` is a sampling graph for `plan` (any plan with noise_shape and dense_offsets).
+
+        `values_per_call`, where given, caps one call at about that many floats of noisy input or
+        model input by running fewer than `batch` copies for larger plans (long videos). The counts
+        do not depend on it: the noise stream is consumed in the same order whatever the batch.
+        """
         self.plan = plan
         self.num_classes = num_classes
         self.batch = batch
+        self.values_per_call = values_per_call
         self.session = make_session(graph.SerializeToString(), device, threads)
         self.device = provider_name(self.session)
         self._feeds_offsets = any(i.name == OFFSETS for i in self.session.get_inputs())
-        self._buffers = [np.empty((batch, *plan.noise_shape), dtype=np.float32) for _ in range(2)]
+        self._buffers: list[np.ndarray] = []  # sized on first use, again when the point's shape changes
         self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtool-noise")
         self._check_runs()
 
+    def copies_per_call(self, plan) -> int:
+        """Noisy copies per ONNX Runtime call for `plan`: `batch`, or fewer under `values_per_call`."""
+        if self.values_per_call is None:
+            return self.batch
+        per_copy = max(int(np.prod(plan.noise_shape)), plan.views_per_copy * int(np.prod(plan.view_shape)))
+        return int(max(1, min(self.batch, self.values_per_call // per_copy)))
+
+    def _buffers_for(self, shape: tuple[int, ...], batch: int) -> list[np.ndarray]:
+        if not self._buffers or self._buffers[0].shape != (batch, *shape):
+            self._buffers = [np.empty((batch, *shape), dtype=np.float32) for _ in range(2)]
+        return self._buffers
+
     def _check_runs(self) -> None:
         """One run on a full batch, so a model that cannot take this plan fails before any work."""
-        probe = np.zeros((self.batch, *self.plan.noise_shape), dtype=np.float32)
+        batch = self.copies_per_call(self.plan)
+        probe = np.zeros((batch, *self.plan.noise_shape), dtype=np.float32)
         try:
             votes = self.votes(probe, self.plan.dense_offsets)
         except Exception as error:
             raise UsageError("the model cannot run on this plan "
-                             f"(batch {self.batch}, views {self.plan.patch_hw}): "
+                             f"(batch {batch}, views {self.plan.patch_hw}): "
                              f"{str(error).splitlines()[0]}") from None
-        if votes.shape != (self.batch,):
-            raise UsageError(f"the model returned {votes.shape} votes for a batch of {self.batch}")
+        if votes.shape != (batch,):
+            raise UsageError(f"the model returned {votes.shape} votes for a batch of {batch}")
 
     def votes(self, noisy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         feeds = {NOISY: noisy}
@@ -90,13 +109,18 @@ class VoteCounter:
         return self.session.run([VOTES], feeds)[0]
 
     def count(self, point: np.ndarray, offsets: np.ndarray, num: int, sigma: float,
-              rng: np.random.Generator) -> np.ndarray:
-        """Votes per class over `num` noisy copies point + sigma·z, z drawn from `rng`."""
+              rng: np.random.Generator, plan=None) -> np.ndarray:
+        """Votes per class over `num` noisy copies point + sigma·z, z drawn from `rng`.
+
+        `plan` is the plan of this input where it differs from the counter's (videos: one per length).
+        """
         counts = np.zeros(self.num_classes, dtype=np.int64)
-        sizes = [min(self.batch, num - start) for start in range(0, num, self.batch)]
+        batch = self.copies_per_call(plan if plan is not None else self.plan)
+        buffers = self._buffers_for(point.shape, batch)
+        sizes = [min(batch, num - start) for start in range(0, num, batch)]
 
         def fill(step: int) -> np.ndarray:
-            buffer = self._buffers[step % 2][:sizes[step]]
+            buffer = buffers[step % 2][:sizes[step]]
             return noise.fill_noisy(buffer, point, sigma, rng)
 
         pending = self._producer.submit(fill, 0) if sizes else None

@@ -82,6 +82,8 @@ def assemble(model: Model, inputs: list, head, views: int, reduce: str, chunks: 
     batch, ordered copy-major: copy 0's views (each of `chunks` chunks), then copy 1's, and so on.
     The tail averages the logits of a view's chunks (the video base classifier; images have one
     chunk), reduces over the `views` views per copy (mean of logits, or max of softmax), and votes.
+    `views` and `chunks` are ints, or the names of 1-element int64 tensors that the head computes
+    (videos: both depend on the video's length, so one graph serves every length).
     """
     opset = max(model.opset, MIN_OPSET)
     proto = model.proto
@@ -91,13 +93,16 @@ def assemble(model: Model, inputs: list, head, views: int, reduce: str, chunks: 
     head(b, model.input_name)
     head_nodes, b.nodes = b.nodes, []
 
+    def dim(value) -> str:  # a count known now, or a tensor the head computes at run time
+        return b.const([value]) if isinstance(value, int) else value
+
     logits = model.output_name
     width = b.node("Shape", [logits])
     classes = b.node("Slice", [width, b.const([1]), b.const([2])])
-    if chunks > 1:
-        shape = b.node("Concat", [b.const([-1, chunks]), classes], axis=0)
+    if chunks != 1:
+        shape = b.node("Concat", [b.const([-1]), dim(chunks), classes], axis=0)
         logits = b.with_axes("ReduceMean", b.node("Reshape", [logits, shape]), [1], keepdims=0)
-    shape = b.node("Concat", [b.const([-1, views]), classes], axis=0)
+    shape = b.node("Concat", [b.const([-1]), dim(views), classes], axis=0)
     per_view = b.node("Reshape", [logits, shape])
     if reduce == "max":
         per_view = b.node("Softmax", [per_view], axis=-1)

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 from . import noise, stats
 from .data import Dataset, Item
 from .engine import VoteCounter
+from .errors import InputError
 from .plan import Plan
 from .results import ResultsWriter
 
@@ -29,10 +30,11 @@ class Settings:
     seed: int
 
 
-def _error_row(item: Item, message: str, seconds: float) -> dict:
+def _error_row(item: Item, message: str, seconds: float, columns: dict | None = None) -> dict:
     return {"index": item.index, "label": item.label, "predict": stats.ABSTAIN, "radius": 0.0,
             "correct": False, "p_lower": None, "p_value": None, "count": 0, "n": 0, "counts": [],
-            "radius_factor": None, "time_s": seconds, "path": item.path, "error": message}
+            "radius_factor": None, "time_s": seconds, "path": item.path, "error": message,
+            **(columns or {})}
 
 
 def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -> dict:
@@ -40,6 +42,11 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     start = time.perf_counter()
     if item.error:
         return _error_row(item, item.error, time.perf_counter() - start)
+    if hasattr(plan, "for_input"):  # videos: the layout gives the plan for this video's length
+        try:
+            plan = plan.for_input(item.image)
+        except InputError as error:  # e.g. shorter than one sub-video: an error row, the run goes on
+            return _error_row(item, str(error), time.perf_counter() - start, error.columns)
     if item.image.shape != plan.input_shape:
         shape = "×".join(map(str, item.image.shape))
         expected = "×".join(map(str, plan.input_shape))
@@ -52,19 +59,20 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     factor = plan.radius_factor(offsets)
     estimation = noise.stream(s.seed, item.index, noise.ESTIMATION)
     if s.mode == "certify":
-        counts0 = counter.count(point, offsets, s.n0, s.sigma, noise.stream(s.seed, item.index, noise.SELECTION))
-        counts = counter.count(point, offsets, s.n, s.sigma, estimation)
+        counts0 = counter.count(point, offsets, s.n0, s.sigma, noise.stream(s.seed, item.index, noise.SELECTION),
+                                plan=plan)
+        counts = counter.count(point, offsets, s.n, s.sigma, estimation, plan=plan)
         cert = stats.certify(counts0, counts, s.sigma, s.alpha, factor)
         predict, radius, p_lower, p_value, count = cert.predict, cert.radius, cert.p_lower, None, cert.count
     else:
-        counts = counter.count(point, offsets, s.n, s.sigma, estimation)
+        counts = counter.count(point, offsets, s.n, s.sigma, estimation, plan=plan)
         predict, count, p_value = stats.predict(counts, s.alpha)
         radius, p_lower = None, None
     return {"index": item.index, "label": item.label, "predict": predict, "radius": radius,
             "correct": bool(item.label >= 0 and predict == item.label), "p_lower": p_lower,
             "p_value": p_value, "count": count, "n": s.n, "counts": counts.tolist(),
             "radius_factor": factor, "time_s": time.perf_counter() - start, "path": item.path,
-            "error": None}
+            "error": None, **getattr(plan, "columns", {})}  # videos: frames read, sub-videos used
 
 
 def run(dataset: Dataset, indices: Iterable[int], plan: Plan, counter: VoteCounter,

@@ -20,6 +20,12 @@ DEFAULT_RADII = (0.25, 0.5, 0.75, 1.0)
 
 
 def method_name(config: dict) -> str:
+    if config.get("kind") == "video":  # the paper's names: RS-16, Smooth-Mean-64,16 (+ stride)
+        if config.get("subvideo") is None:
+            return f"RS-{config.get('chunk')} video"
+        name = (f"Smooth-{config.get('reduce', 'mean').title()}-{config['subvideo']},{config.get('chunk')}"
+                f" s={config.get('stride')}")
+        return name + ("" if config.get("noise_space", "input") == "input" else f" {config['noise_space']}-noise")
     if config.get("patches", 1) == 1 and not config.get("resize"):
         return "RS"
     name = f"Smooth-{config.get('reduce', 'mean').title()} k={config.get('patches')}"

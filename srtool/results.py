@@ -39,6 +39,9 @@ SCHEMA = pa.schema([
     ("time_s", pa.float64()),
     ("path", pa.string()),
     ("error", pa.string()),
+    # Videos only (null for images): frames read from the file, sub-videos used (k).
+    ("frames", pa.int64()),
+    ("subvideos", pa.int64()),
 ])
 # Settings that do not change any number in the table; they may differ between a run and its resume.
 VOLATILE = {"device", "batch", "threads", "version", "skip", "max", "created"}
@@ -75,6 +78,15 @@ def _read_parts(parts: Path) -> pa.Table:
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
+def _conform(table: pa.Table) -> pa.Table:
+    """`table` with SCHEMA's columns; columns added after it was written (frames, subvideos) are null."""
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            kind = SCHEMA.field(name).type
+            table = table.append_column(pa.field(name, kind), pa.nulls(len(table), kind))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
 def _dedupe_sorted(table: pa.Table) -> pa.Table:
     table = table.sort_by("index")
     indices = table.column("index").to_pylist()
@@ -86,7 +98,7 @@ class ResultsWriter:
     """Appends rows to a run, durable at every flush; `finish` produces the single Parquet file."""
 
     def __init__(self, path: str | Path, config: dict, overwrite: bool = False,
-                 flush_rows: int = 256, flush_seconds: float = 5.0):
+                 flush_rows: int = 256, flush_seconds: float = 2.0):
         self.path = Path(path)
         self.parts = Path(f"{self.path}.parts")
         self.config = config
@@ -123,7 +135,7 @@ class ResultsWriter:
         else:
             self.parts.mkdir(parents=True)
             _atomic_write_text(config_file, json.dumps(self.config, indent=1))
-        done = [t.select(SCHEMA.names).cast(SCHEMA) for t in done]
+        done = [_conform(t) for t in done]
         return _dedupe_sorted(pa.concat_tables(done)) if done else SCHEMA.empty_table()
 
     @property
@@ -154,7 +166,7 @@ class ResultsWriter:
 
     def finish(self) -> pa.Table:
         self.flush()
-        tables = [self._done.select(SCHEMA.names).cast(SCHEMA), _read_parts(self.parts).select(SCHEMA.names).cast(SCHEMA)]
+        tables = [_conform(self._done), _conform(_read_parts(self.parts))]
         table = _dedupe_sorted(pa.concat_tables(tables))
         metadata = {METADATA_KEY: json.dumps(self.config).encode()}
         table = table.replace_schema_metadata(metadata)
