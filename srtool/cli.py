@@ -81,6 +81,10 @@ def plan_options(function):
                      help="Where the noise goes; the radius is corrected to hold for the input (docs/soundness.md)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
+        click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host",
+                     show_default=True,
+                     help="Draw noise on the host (per-input seeded streams) or inside the graph on "
+                          "the GPU (CUDA only; reproducible per run, not across resumes)."),
         click.option("--threads", type=int, default=0, show_default=True,
                      help="ONNX Runtime intra-op threads (0 = one per core)."),
         click.option("--skip", type=int, default=1, show_default=True,
@@ -143,20 +147,30 @@ def _settings(mode: str, o: dict, model, demo_n: int, paper_n: int):
     return Settings(mode=mode, sigma=sigma, alpha=o["alpha"], n0=o["n0"], n=n, seed=o["seed"])
 
 
-def _image_plan(o: dict, model, dataset):
-    """The image plan from the options, the model's input size and the first readable image."""
-    from .plan import Plan
-
+def _image_model_shape(o: dict, model):
     model_shape = model.input_shape
     _check(model_shape is None or len(model_shape) == 3,
            f"{model.path.name} takes videos (N×C×T×H×W); use srtool video")
     _check(o["image_size"] is None or o["image_size"] >= 1, "--image-size must be positive")
+    return model_shape
+
+
+def _image_input_shape(o: dict, model, dataset) -> tuple[int, int, int]:
+    """The run's input shape: the first readable image, converted as the model and options ask."""
+    model_shape = _image_model_shape(o, model)
     dataset.channels = model_shape[0] if model_shape else None
     dataset.size = o["image_size"]
     first = next((item for item in (dataset[i] for i in range(min(len(dataset), 32)))
                   if item.image is not None), None)
     _check(first is not None, f"{dataset.source}: none of the first images could be read")
-    input_shape = first.image.shape
+    return first.image.shape
+
+
+def _image_plan(o: dict, model, input_shape: tuple[int, int, int]):
+    """The image plan from the options, the model's input size and the inputs' shape."""
+    from .plan import Plan
+
+    model_shape = _image_model_shape(o, model)
     h, w = input_shape[1:]
 
     if o["patch_size"] is not None:
@@ -205,12 +219,14 @@ def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: s
         _check(batch >= 1, "--batch must be a positive integer or 'auto'")
     num_classes = infer_num_classes(model, make_session)
     counter = VoteCounter(graph, plan, num_classes, batch, o["device"], o["threads"],
-                          values_per_call=values_per_call if o["batch"] == "auto" else None)
+                          values_per_call=values_per_call if o["batch"] == "auto" else None,
+                          device_noise_seed=settings.seed if o.get("noise_mode") == "device" else None,
+                          sigma=settings.sigma)
     out = Path(o["out"] or f"runs/{model.name}-{mode}-sigma{settings.sigma:g}-{method}.parquet")
     config = {
         "command": mode, "sigma": settings.sigma, "alpha": settings.alpha,
         "n0": settings.n0 if mode == "certify" else None, "n": settings.n, "seed": settings.seed,
-        **plan.describe(), **extra,
+        "noise": o.get("noise_mode", "host"), **plan.describe(), **extra,
         "model": str(model.path), "model_sha256": model.sha256, "num_classes": num_classes,
         "classes": model.classes or dataset.class_names,
         "dataset": str(Path(dataset.source).resolve()), "labels": o["labels"],
@@ -235,7 +251,7 @@ def _prepare_images(mode: str, o: dict):
     model = load_model(o["model"] or _asset(DEFAULT_MODEL))
     dataset = open_images(o["images"] or _asset(DEFAULT_IMAGES), o["labels"])
     settings = _settings(mode, o, model, DEMO_N, PAPER_N)
-    plan, method = _image_plan(o, model, dataset)
+    plan, method = _image_plan(o, model, _image_input_shape(o, model, dataset))
     graph = sampling_graph(model, plan)
     counter, writer, todo, config = _launch(mode, o, model, dataset, plan, graph, settings, method,
                                             {"image_size": o["image_size"]})
@@ -448,6 +464,58 @@ def report(runs, radii, fmt, plot):
     if plot:
         rep.plot([(table, config, label) for (table, config, _), label in zip(loaded, labels)], plot)
         click.echo(f"plot: {plot}", err=True)
+
+
+@cli.command()
+@click.option("--model", type=click.Path(), default=None, help=f"ONNX model (default: shipped {DEFAULT_MODEL}).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch", default="auto", show_default=True, help="Noisy copies per ONNX Runtime call.")
+@click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime intra-op threads (0 = auto).")
+@click.option("--image-size", type=int, default=None, help="Input edge (default: the model's input size).")
+@click.option("--patches", type=int, default=1, show_default=True)
+@click.option("--patch-size", type=int, default=None)
+@click.option("--resize", type=int, default=None)
+@click.option("--sampling", type=click.Choice(["dense", "random"]), default="dense", show_default=True)
+@click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input", show_default=True)
+@click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host", show_default=True)
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="Time per measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(**o):
+    """Throughput: the bare model vs srtool's full sampling pipeline, on this machine."""
+    import json
+
+    from . import bench as benchmark
+    from .engine import make_session
+    from .model import infer_num_classes, load_model
+
+    model = load_model(o["model"] or _asset(DEFAULT_MODEL))
+    model_shape = _image_model_shape(o, model)
+    _check(model_shape is not None, f"{model.path.name} does not declare its input size")
+    _check(o["seconds"] > 0, "--seconds must be positive")
+    _check(o["threads"] >= 0, "--threads must be 0 (automatic) or more")
+    edge = o["image_size"]
+    input_shape = (model_shape[0], edge, edge) if edge else tuple(model_shape)
+    plan, _ = _image_plan(o, model, input_shape)
+    if o["batch"] == "auto":
+        batch = _auto_batch(plan, 1000)
+    else:
+        _check(str(o["batch"]).isdigit() and int(o["batch"]) >= 1, "--batch must be a positive integer or 'auto'")
+        batch = int(o["batch"])
+    num_classes = infer_num_classes(model, make_session)
+    result = benchmark.run(model, plan, num_classes, batch, o["device"], o["threads"], o["seconds"],
+                           noise_mode=o["noise_mode"])
+    if o["as_json"]:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{Path(result['model']).name} on {result['provider']}, batch {batch}, "
+               f"{result['views_per_copy']} view(s) per noisy copy, {result['noise']} noise")
+    click.echo(f"  bare model          {result['raw_forward_per_s']:>12,.0f} forward passes/s")
+    click.echo(f"  srtool pipeline     {result['pipeline_forward_per_s']:>12,.0f} forward passes/s "
+               f"({result['pipeline_copies_per_s']:,.0f} noisy copies/s)")
+    click.echo(f"  pipeline / model    {result['ratio']:>12.2f}")
+    click.echo(f"  host noise alone    {result['host_noise_copies_per_s']:>12,.0f} noisy copies/s")
+    click.echo(f"  projected per input at n0=100, n=100,000: {result['projected_s_per_input_n100k']:.1f} s")
 
 
 def main(argv=None) -> None:

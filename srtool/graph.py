@@ -152,3 +152,35 @@ def sampling_graph(model: Model, plan: Plan) -> onnx.ModelProto:
             b.node("Identity", [image], model_input)
 
     return assemble(model, inputs, head, plan.patches, plan.reduce)
+
+
+CLEAN = "srtool/clean"
+COPIES = "srtool/copies"
+
+
+def with_device_noise(graph: onnx.ModelProto, noise_shape: tuple[int, ...], sigma: float,
+                      seed: int) -> onnx.ModelProto:
+    """The sampling graph drawing its own noise: clean point (1, *S) and copy shape [B, *S] in.
+
+    Only for the CUDA execution provider (its RandomNormalLike uses a Philox generator). ORT's CPU
+    kernel uses std::default_random_engine (period 2^31) and must never feed a certificate; the
+    engine refuses it. The generator is seeded once per session, so the noise depends on the seed
+    and on the order of the calls: a run is reproducible from its start, not across a resume.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(graph)
+    g = out.graph
+    kept = [i for i in g.input if i.name != NOISY]
+    del g.input[:]
+    g.input.extend([helper.make_tensor_value_info(CLEAN, TensorProto.FLOAT, [1, *noise_shape]),
+                    helper.make_tensor_value_info(COPIES, TensorProto.INT64, [1 + len(noise_shape)])] + kept)
+    nodes = [
+        helper.make_node("Expand", [CLEAN, COPIES], ["srtool/expanded"]),
+        helper.make_node("RandomNormalLike", ["srtool/expanded"], ["srtool/z"], mean=0.0,
+                         scale=float(sigma), seed=float(seed)),
+        helper.make_node("Add", ["srtool/expanded", "srtool/z"], [NOISY]),
+    ]
+    existing = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + existing)
+    return out

@@ -1,0 +1,85 @@
+"""Engine paths that are not the CPU default: IO binding, in-graph noise wiring, `srtool bench`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from srtool import noise
+from srtool.engine import VoteCounter
+from srtool.errors import UsageError
+from srtool.graph import CLEAN, COPIES, NOISY, sampling_graph, with_device_noise
+from srtool.model import load_model
+from srtool.plan import Plan
+
+
+@pytest.fixture
+def counters(make_linear):
+    rng = np.random.default_rng(1)
+    model = load_model(make_linear(rng.standard_normal((36, 4)) * 0.3, np.zeros(4), (1, 6, 6)))
+    plan = Plan((1, 7, 7), (6, 6), (8, 8), patches=4, sampling="random")
+    graph = sampling_graph(model, plan)
+    plain = VoteCounter(graph, plan, 4, 48, "cpu")
+    bound = VoteCounter(graph, plan, 4, 48, "cpu", io_binding=True)
+    yield model, plan, plain, bound
+    plain.close()
+    bound.close()
+
+
+def test_io_binding_path_gives_the_same_votes(counters):
+    """The CUDA path's IO binding logic (bound buffers per batch shape, votes copied out) on the CPU."""
+    _, plan, plain, bound = counters
+    point = np.random.default_rng(2).random((1, 7, 7), dtype=np.float32)
+    for index in range(3):  # per-input random offsets are fed into the bound session each time
+        offsets = plan.offsets(0, index)
+        # 130 = 2 full batches of 48 and a remainder of 34: two bound shapes, reused
+        a = plain.count(point, offsets, 130, 0.4, noise.stream(0, index, noise.ESTIMATION))
+        b = bound.count(point, offsets, 130, 0.4, noise.stream(0, index, noise.ESTIMATION))
+        assert np.array_equal(a, b) and a.sum() == 130 and (a > 0).sum() > 1
+    assert sorted(shape[0] for shape in bound._bindings) == [34, 48]
+
+
+def test_device_noise_graph_wiring(counters):
+    """The in-graph noise adds N(0, σ²) to the broadcast clean point. Checked on the CPU kernel for
+    wiring only; certification with it on the CPU is refused (next test)."""
+    model, plan, _, _ = counters
+    graph = sampling_graph(model, plan)
+    graph.graph.output.append(graph.graph.input[0])  # also expose the noisy batch
+    wired = with_device_noise(graph, plan.noise_shape, sigma=0.5, seed=3)
+    session = ort.InferenceSession(wired.SerializeToString(), providers=["CPUExecutionProvider"])
+    point = np.full((1, *plan.noise_shape), 0.25, np.float32)
+    votes, noisy = session.run(None, {CLEAN: point, COPIES: np.array([500, 1, 7, 7]),
+                                      "srtool/offsets": plan.dense_offsets})
+    assert votes.shape == (500,) and noisy.shape == (500, 1, 7, 7)
+    assert abs(noisy.mean() - 0.25) < 0.01 and abs(noisy.std() - 0.5) < 0.01
+    assert NOISY not in [i.name for i in wired.graph.input]
+
+
+def test_device_noise_is_refused_on_the_cpu(counters):
+    model, plan, _, _ = counters
+    with pytest.raises(UsageError, match="--noise device needs --device cuda"):
+        VoteCounter(sampling_graph(model, plan), plan, 4, 16, "cpu", device_noise_seed=0, sigma=0.5)
+
+
+def test_bench_json_schema(make_linear, capsys):
+    from srtool.cli import main
+
+    model = make_linear(np.ones((16, 3)), np.zeros(3), (1, 4, 4))
+    try:
+        main(["bench", "--model", str(model), "--seconds", "0.05", "--batch", "32", "--patches", "4",
+              "--resize", "6", "--json"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    result = json.loads(capsys.readouterr().out)
+    expected = {"model": str, "provider": str, "batch": int, "views_per_copy": int, "noise": str,
+                "threads": int, "raw_forward_per_s": float, "pipeline_copies_per_s": float,
+                "pipeline_forward_per_s": float, "ratio": float, "host_noise_copies_per_s": float,
+                "projected_s_per_input_n100k": float}
+    assert set(result) == set(expected)
+    assert all(isinstance(result[key], kind) for key, kind in expected.items())
+    assert result["provider"] == "cpu" and result["views_per_copy"] == 4 and result["batch"] == 32
+    assert result["pipeline_forward_per_s"] == pytest.approx(4 * result["pipeline_copies_per_s"])
+    assert result["ratio"] > 0
