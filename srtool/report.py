@@ -33,7 +33,8 @@ def method_name(config: dict) -> str:
 
 
 def run_label(config: dict) -> str:
-    return f"{method_name(config)} σ={config.get('sigma'):g}"
+    """A run's name in tables and legends: its own `label` where the writer gave one."""
+    return config.get("label") or f"{method_name(config)} σ={config.get('sigma'):g}"
 
 
 def summarize(table: pa.Table, config: dict, radii=DEFAULT_RADII) -> dict:
