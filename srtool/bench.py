@@ -18,7 +18,7 @@ from .model import Model
 PAPER_N0, PAPER_N = 100, 100_000
 
 
-def _rate(step, items_per_call: int, seconds: float, warmup: int = 2) -> float:
+def rate(step, items_per_call: int, seconds: float, warmup: int = 2) -> float:
     """Items per second of `step()`, after warm-up, over at least `seconds` and three calls."""
     for _ in range(warmup):
         step()
@@ -39,7 +39,7 @@ def raw_model_rate(model: Model, views: int, device: str, threads: int, seconds:
     binding = session.io_binding()
     binding.bind_ortvalue_input(model.input_name, ort.OrtValue.ortvalue_from_numpy(batch, provider, 0))
     binding.bind_output(model.output_name, provider)
-    return _rate(lambda: session.run_with_iobinding(binding), views, seconds), provider
+    return rate(lambda: session.run_with_iobinding(binding), views, seconds), provider
 
 
 def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: int,
@@ -52,11 +52,11 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
     offsets = plan.dense_offsets
     rng = noise.stream(0, 0, noise.ESTIMATION)
     copies_per_call = 4 * batch  # several batches per call, so the noise overlap is exercised
-    copies = _rate(lambda: counter.count(point, offsets, copies_per_call, sigma, rng), copies_per_call, seconds)
+    copies = rate(lambda: counter.count(point, offsets, copies_per_call, sigma, rng), copies_per_call, seconds)
     counter.close()
 
     buffer = np.empty((batch, *plan.noise_shape), dtype=np.float32)
-    noise_only = _rate(lambda: noise.fill_noisy(buffer, point, sigma, rng), batch, min(seconds, 1.0))
+    noise_only = rate(lambda: noise.fill_noisy(buffer, point, sigma, rng), batch, min(seconds, 1.0))
     return {
         "model": str(model.path),
         "provider": provider,

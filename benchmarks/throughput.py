@@ -1,0 +1,119 @@
+"""Throughput of srtool's sampling pipeline against the bare ONNX Runtime model and a PyTorch
+reference sampler written the way Cohen et al.'s `Smooth._sample_noise` works, in one process, on
+the same model, batch and inputs; and peak memory against n.
+
+    python benchmarks/throughput.py                      # shipped Fashion-MNIST CNN, CPU
+    python benchmarks/throughput.py --seconds 10 --batch 1000
+
+The PyTorch reference runs the training module itself (models/train_fashion_mnist.py's
+FashionCNN, eval mode, same architecture and FLOPs as the shipped ONNX file; weights do not change
+speed). Needs the dev extra (torch). Prints a markdown block to paste into benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from srtool import bench as srtool_bench  # noqa: E402
+from srtool.model import load_model  # noqa: E402
+from srtool.plan import Plan  # noqa: E402
+
+MODEL = ROOT / "srtool" / "assets" / "fmnist_cnn_sigma0.25.onnx"
+SAMPLE = ROOT / "srtool" / "assets" / "fashion_mnist_sample.npz"
+
+
+def torch_reference_rate(batch: int, patches: int, seconds: float, threads: int, sigma: float = 0.25) -> float:
+    """Noisy copies per second of a Cohen-style sampler: repeat, randn_like, forward, argmax, count."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.train_fashion_mnist import FashionCNN
+
+    torch.set_num_threads(threads)
+    model = FashionCNN().eval()
+    x = torch.rand(1, 1, 28, 28)
+    counts = np.zeros(10, dtype=np.int64)
+
+    def sample() -> None:
+        with torch.inference_mode():
+            copies = x.repeat((batch, 1, 1, 1))
+            noisy = copies + torch.randn_like(copies) * sigma
+            if patches == 1:
+                logits = model(noisy)
+            else:  # the paper's CIFAR plan scaled: resize to 32, four 28×28 corner crops, mean
+                big = F.interpolate(noisy, size=(32, 32), mode="bilinear", align_corners=False)
+                views = torch.cat([big[:, :, t:t + 28, l:l + 28] for t in (0, 4) for l in (0, 4)])
+                logits = model(views).view(4, batch, -1).mean(0)
+            counts[:] += np.bincount(logits.argmax(1).numpy(), minlength=10)
+
+    return srtool_bench.rate(sample, batch, seconds)
+
+
+def peak_rss_mb(n: int, batch: int) -> float:
+    """Peak resident memory of a whole `srtool certify` process on one input with n copies."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "srtool", "certify", "--model", str(MODEL), "--images", str(SAMPLE),
+             "--max", "1", "--n", str(n), "--batch", str(batch), "--out", f"{tmp}/r.parquet", "--quiet"],
+            cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        assert status == 0, f"srtool certify failed with status {status}"
+    return usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    model = load_model(MODEL)
+    rows = []
+    for patches in (1, 4):
+        if patches == 1:
+            plan = Plan((1, 28, 28), (28, 28), (28, 28))
+        else:
+            plan = Plan((1, 28, 28), (28, 28), (32, 32), patches=4)
+        result = srtool_bench.run(model, plan, 10, args.batch, "cpu", args.threads, args.seconds)
+        reference = torch_reference_rate(args.batch, patches, args.seconds, args.threads)
+        rows.append((patches, result, reference))
+
+    memory = {n: peak_rss_mb(n, args.batch) for n in (1_000, 100_000)}
+
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{platform.python_implementation()} {platform.python_version()}; "
+          f"`python benchmarks/throughput.py --batch {args.batch} --seconds {args.seconds} "
+          f"--threads {args.threads}`\n")
+    print("| plan | bare ORT model (fwd/s) | srtool pipeline (fwd/s) | pipeline / model | "
+          "PyTorch reference (fwd/s) | srtool / PyTorch | s per input at n=100k |")
+    print("|---|---|---|---|---|---|---|")
+    for patches, result, reference in rows:
+        name = "RS" if patches == 1 else "Smooth-Mean k=4 (32→28 crops)"
+        torch_forward = reference * patches
+        print(f"| {name} | {result['raw_forward_per_s']:,.0f} | {result['pipeline_forward_per_s']:,.0f} | "
+              f"{result['ratio']:.2f} | {torch_forward:,.0f} | "
+              f"{result['pipeline_forward_per_s'] / torch_forward:.2f} | "
+              f"{result['projected_s_per_input_n100k']:.1f} |")
+    print(f"\nPeak RSS of `srtool certify` on one input: n=1,000: {memory[1_000]:.0f} MB; "
+          f"n=100,000: {memory[100_000]:.0f} MB")
+    print(json.dumps({"rows": [{"patches": p, **r, "torch_copies_per_s": t} for p, r, t in rows],
+                      "peak_rss_mb": memory}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
