@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import UsageError
+from .ray_engine import engine_options
 
 ASSETS = resources.files("srtool") / "assets"
 DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
@@ -29,7 +30,7 @@ AUTO_BATCH_VALUES = 64 * 2**20
 # copies per call shrink as videos get longer (a 300-frame 112×112 video runs one copy per call).
 DEFAULT_VIDEO_MODEL = "video_demo_sigma0.25.onnx"
 DEFAULT_VIDEOS = "video_demo"
-VIDEO_DEMO_N = 1000
+VIDEO_DEMO_N = 500  # the shipped demo in about 1.5 minutes on 2 cores; the paper's n for user videos
 VIDEO_PAPER_N = 1000
 VIDEO_VALUES_PER_CALL = 16 * 2**20
 
@@ -111,6 +112,7 @@ def cli():
 @click.option("--n0", type=int, default=100, show_default=True,
               help="Noisy copies for selecting the class (never reused for the estimate).")
 @plan_options
+@engine_options
 def certify(**options):
     """Certified radii (Cohen et al.'s CERTIFY) for every input; writes a Parquet table."""
     _run("certify", options)
@@ -118,6 +120,7 @@ def certify(**options):
 
 @cli.command()
 @plan_options
+@engine_options
 def predict(**options):
     """Smoothed predictions with a binomial abstention test (Cohen et al.'s PREDICT)."""
     _run("predict", {**options, "n0": 0})
@@ -234,6 +237,8 @@ def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: s
         "skip": o["skip"], "max": o["max_index"],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if o.get("worker"):  # a Ray worker rebuilding this engine (ray_engine.py): only the driver writes
+        return counter, None, None, config
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = ResultsWriter(out, config, overwrite=o["overwrite"])
     stop = len(dataset) if o["max_index"] is None else min(len(dataset), o["max_index"])
@@ -293,7 +298,8 @@ def video_options(function):
         click.option("--n0", type=int, default=10, show_default=True,
                      help="Noisy copies for selecting the class (certify only; the paper's video setting)."),
         click.option("--n", "n", type=int, default=None,
-                     help=f"Noisy copies for the estimate (default {VIDEO_PAPER_N:,}, the paper's video setting)."),
+                     help=f"Noisy copies for the estimate (default {VIDEO_PAPER_N:,}, the paper's video setting; "
+                          f"{VIDEO_DEMO_N} on the shipped demo)."),
         click.option("--alpha", type=float, default=0.001, show_default=True,
                      help="Failure probability of the certificate / of the prediction test."),
         click.option("--batch", default="auto", show_default=True,
@@ -318,6 +324,7 @@ def video_options(function):
 
 @cli.command()
 @video_options
+@engine_options
 def video(predict_mode, **options):
     """Certify (or --predict) video classifiers: RS of the whole video, or Smooth-Reduce over sub-videos.
 
@@ -335,6 +342,7 @@ def _prepare_videos(mode: str, o: dict):
     o["demo"] = o["videos"] is None
     model = load_model(o["model"] or _asset(DEFAULT_VIDEO_MODEL))
     dataset = vid.open_videos(o["videos"] or _asset(DEFAULT_VIDEOS), o["labels"], o["split"])
+    vid.align_labels(dataset, model.classes)
     settings = _settings(mode, o, model, VIDEO_DEMO_N, VIDEO_PAPER_N)
     if str(o["subvideo"]).lower() in ("whole", "all", "none", "0"):
         subvideo = None
@@ -356,9 +364,10 @@ def _prepare_videos(mode: str, o: dict):
 
 def _run(mode: str, o: dict, prepare=_prepare_images) -> None:
     """Prepare (all checks), then evaluate with progress, then merge the results and summarize."""
-    from .pipeline import run
+    from .ray_engine import select_engine
     from .report import summarize
 
+    prepare, execute = select_engine(mode, o, prepare)  # pipeline.run, or the Ray engine's loop
     dataset, plan, counter, settings, writer, todo, config = prepare(mode, o)
     quiet = o["quiet"]
     if not quiet:
@@ -368,9 +377,9 @@ def _run(mode: str, o: dict, prepare=_prepare_images) -> None:
                    err=True)
     try:
         if quiet:
-            run(dataset, todo, plan, counter, settings, writer)
+            execute(dataset, todo, plan, counter, settings, writer)
         else:
-            _run_with_progress(dataset, todo, plan, counter, settings, writer, mode)
+            _run_with_progress(dataset, todo, plan, counter, settings, writer, mode, execute)
     except KeyboardInterrupt:
         writer.flush()  # every finished input is kept; the same command resumes
         click.echo(f"\ninterrupted: finished inputs are saved; run the same command to resume", err=True)
@@ -383,7 +392,7 @@ def _run(mode: str, o: dict, prepare=_prepare_images) -> None:
         click.echo(f"results: {writer.path}", err=True)
 
 
-def _run_with_progress(dataset, todo, plan, counter, settings, writer, mode) -> None:
+def _run_with_progress(dataset, todo, plan, counter, settings, writer, mode, execute=None) -> None:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -410,7 +419,7 @@ def _run_with_progress(dataset, todo, plan, counter, settings, writer, mode) -> 
                 tally["radius"] += (row["radius"] or 0.0) * row["correct"]
             progress.update(task, advance=1, status=status())
 
-        run(dataset, todo, plan, counter, settings, writer, on_row)
+        (execute or run)(dataset, todo, plan, counter, settings, writer, on_row)
 
 
 def _print_summary(summaries: list[dict], radii=None) -> None:

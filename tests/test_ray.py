@@ -1,0 +1,253 @@
+"""--engine ray (issue 8): the local engine's table row for row, dead workers, a killed driver, no Ray.
+
+Every run starts its own local Ray with two workers of one CPU each, its files under a short temporary
+RAY_TMPDIR (Ray's unix sockets must fit in 107 bytes) and HOME pointed at an empty folder, so that
+nothing of Ray's (session files, auth token) lands in the user's home; usage stats off, no dashboard.
+Ray processes are found by that RAY_TMPDIR in their environment, and a test fails if any outlives it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from srtool.cli import main
+from srtool.results import read_results
+
+REPO = Path(__file__).resolve().parents[1]
+AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+# Ray is not imported here: srtool must be the first to import it (it sets up authentication first).
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the dev extra)")
+
+
+def srtool(*args, capsys=None) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
+
+
+def read(path):
+    table = pq.read_table(path)
+    return table, json.loads(table.schema.metadata[b"srtool"])
+
+
+def rows(table):
+    return table.drop(["time_s"]).to_pylist()
+
+
+def ray_processes(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds this test's RAY_TMPDIR (Ray's, started here)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if f"RAY_TMPDIR={marker}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def end_processes(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def ray_env(monkeypatch):
+    """A private RAY_TMPDIR and HOME; no usage stats; the auth variables restored afterwards."""
+    tmp = tempfile.mkdtemp(prefix="srt-ray-", dir="/tmp")
+    home = Path(tmp) / "home"
+    home.mkdir()
+    monkeypatch.setenv("RAY_TMPDIR", tmp)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("SRTOOL_RAY_FAULT", raising=False)
+    saved = {name: os.environ.pop(name) for name in AUTH if name in os.environ}  # srtool's own token path
+    yield {"tmp": tmp, "home": home}
+    for name in AUTH:  # srtool sets these for its local Ray; leave the process as it was
+        os.environ.pop(name, None)
+    os.environ.update(saved)
+    deadline = time.monotonic() + 15  # ray.shutdown() does not wait for its processes to exit
+    while (left := ray_processes(tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    end_processes(left)
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert not left, f"Ray processes outlived the test: {left}"
+    assert not (home / ".ray").exists(), "Ray wrote into the home folder"
+
+
+@pytest.fixture
+def linear_data(tmp_path, make_linear):
+    """A 10-class linear model on 1×28×28 and 40 labelled images it classifies well."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((10, 28 * 28)).astype(np.float32)
+    weights = (prototypes - prototypes.mean(axis=0)).T * 0.5
+    model = make_linear(weights, np.zeros(10), (1, 28, 28), metadata={"srtool.sigma": 0.25})
+    labels = np.arange(40) % 10
+    x = np.clip(prototypes[labels].reshape(-1, 28, 28) + rng.normal(0, 0.05, (40, 28, 28)), 0, 1)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=(x * 255).astype(np.uint8), y=labels)
+    return ["--model", model, "--images", data]
+
+
+@needs_ray
+def test_ray_table_equals_local_table(tmp_path, ray_env, capfd):
+    """The shipped model and sample (the defaults): same rows, same metadata."""
+    common = ["certify", "--n0", 20, "--n", 200, "--max", 24, "--seed", 3]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, "--quiet", capsys=capfd)[0] == 0
+    code, stdout, err = srtool(*common, "--out", distributed, "--engine", "ray", "--workers", 2, capsys=capfd)
+    assert code == 0, err
+    assert "2 workers" in err and "ACR" in stdout  # the same progress and summary as the local engine
+    assert "Token authentication" not in err  # Ray's warning: srtool gives its local Ray a token
+    (a, config_a), (b, config_b) = read(local), read(distributed)
+    assert rows(a) == rows(b) and b.column("index").to_pylist() == list(range(24))
+    assert {k: v for k, v in config_a.items() if k != "created"} == \
+           {k: v for k, v in config_b.items() if k != "created"}
+    assert not Path(f"{distributed}.parts").exists()
+
+
+@needs_ray
+def test_ray_video_table_equals_local_table(tmp_path, ray_env, make_linear, capsys):
+    """`srtool video` goes through the same _run: a tiny linear video model on six short clips."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    model = make_linear(rng.normal(0, 0.01, (3 * 8 * 16 * 16, 4)), np.zeros(4), (3, 8, 16, 16),
+                        name="video.onnx", metadata={"srtool.sigma": 0.25})
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k in range(6):
+        writer = cv2.VideoWriter(str(folder / f"clip{k}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (16, 16))
+        for _ in range(20 + 4 * k):
+            writer.write(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        writer.release()
+    common = ["video", "--model", model, "--videos", folder, "--subvideo", 16, "--n0", 10, "--n", 100, "--quiet"]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, capsys=capsys)[0] == 0
+    code, _, err = srtool(*common, "--out", distributed, "--engine", "ray", "--workers", 2, capsys=capsys)
+    assert code == 0, err
+    assert rows(read(local)[0]) == rows(read(distributed)[0]) and read(local)[0].num_rows == 6
+
+
+@needs_ray
+@pytest.mark.parametrize("fault", ["exit-after:5", "kill-after:5"])
+def test_a_dead_worker_loses_nothing(tmp_path, ray_env, linear_data, monkeypatch, capsys, fault):
+    """A worker whose process exits (os._exit) or whose actor is killed (ray.kill) mid-run."""
+    common = ["certify", *linear_data, "--n0", 20, "--n", 300, "--quiet"]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, capsys=capsys)[0] == 0
+    monkeypatch.setenv("SRTOOL_RAY_FAULT", fault)
+    code, _, err = srtool(*[a for a in common if a != "--quiet"], "--out", distributed, "--engine", "ray",
+                          "--workers", 2, capsys=capsys)
+    assert code == 0, err
+    assert "ray: worker 0 lost" in err  # the fault did happen
+    table = read(distributed)[0]
+    assert rows(table) == rows(read(local)[0]) and table.column("index").to_pylist() == list(range(40))
+
+
+@needs_ray
+def test_an_input_that_kills_every_worker_is_named_and_the_rest_is_kept(tmp_path, ray_env, linear_data,
+                                                                       monkeypatch, capsys):
+    common = ["certify", *linear_data, "--n0", 20, "--n", 300, "--quiet"]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, capsys=capsys)[0] == 0
+    monkeypatch.setenv("SRTOOL_RAY_FAULT", "poison:7")
+    code, _, err = srtool(*common, "--out", distributed, "--engine", "ray", "--workers", 2, capsys=capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "inputs 7 failed on 4 Ray workers" in errors[0], err
+    assert "Traceback" not in err
+    saved = read_results(distributed)[0]
+    assert sorted(saved.column("index").to_pylist()) == [i for i in range(40) if i != 7]
+    # The same command (here on the local engine: the results are engine-independent) finishes it.
+    assert srtool(*common, "--out", distributed, capsys=capsys)[0] == 0
+    assert rows(read(distributed)[0]) == rows(read(local)[0])
+
+
+def _spawn(args, env):
+    return subprocess.Popen([sys.executable, "-m", "srtool", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@needs_ray
+def test_a_killed_driver_resumes_with_the_same_command(tmp_path, ray_env, linear_data, capsys):
+    archive = np.load(linear_data[3])
+    big = tmp_path / "big.npz"
+    np.savez(big, x=np.concatenate([archive["x"]] * 3), y=np.concatenate([archive["y"]] * 3))  # 120 inputs
+    args = ["certify", "--model", linear_data[1], "--images", big, "--n0", 50, "--n", 6000, "--batch", 1000,
+            "--quiet", "--engine", "ray", "--workers", 2]
+    out, reference = tmp_path / "r.parquet", tmp_path / "ref.parquet"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = _spawn(args + ["--out", out], env)
+    parts = Path(f"{out}.parts")
+    deadline = time.monotonic() + 120
+    while not list(parts.glob("part-*.parquet")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no part was written"
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler runs, the driver's local Ray loses its owner
+    process.communicate(timeout=60)
+    assert not out.exists(), "the run finished before it was killed; make it longer"
+    done = read_results(out)[0].num_rows
+    assert 0 < done < 120
+    # Ray's node agents notice the loss of their raylet only after a minute or so; end them now.
+    time.sleep(1)
+    end_processes(ray_processes(ray_env["tmp"]))
+    resumed = subprocess.run([sys.executable, "-m", "srtool", *map(str, args), "--out", out], cwd=REPO,
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    local_args = [a for a in args if a not in ("--engine", "ray", "--workers", 2)]
+    assert srtool(*local_args, "--out", reference, capsys=capsys)[0] == 0
+    table = read(out)[0]
+    assert rows(table) == rows(read(reference)[0]) and table.column("index").to_pylist() == list(range(120))
+
+
+def test_engine_options_need_engine_ray(tmp_path, linear_data, capsys):
+    code, _, err = srtool("certify", *linear_data, "--n", 10, "--workers", 2, "--out", tmp_path / "r.parquet",
+                          capsys=capsys)
+    assert code == 2 and err.strip() == "error: --workers: for --engine ray only"
+    assert not (tmp_path / "r.parquet.parts").exists()
+
+
+def test_an_address_where_no_ray_listens_is_one_line(tmp_path, linear_data, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "r.parquet"
+    code, _, err = srtool("certify", *linear_data, "--n", 10, "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                          "--out", out, capsys=capsys)
+    assert code == 2 and err.strip() == f"error: cannot reach the Ray cluster at 127.0.0.1:{port} " \
+                                        "(no head node listens there)", err
+    assert not Path(f"{out}.parts").exists()
+
+
+def test_without_ray_the_error_says_how_to_install_it(tmp_path, ray_env, linear_data, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    out = tmp_path / "r.parquet"
+    code, _, err = srtool("certify", *linear_data, "--n", 10, "--engine", "ray", "--out", out, capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "pip install 'srtool[ray]'" in lines[0], err
+    assert not out.exists() and not Path(f"{out}.parts").exists()
