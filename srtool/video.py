@@ -35,6 +35,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
 from .data import Dataset, Item, _read_labels_csv
@@ -82,23 +83,45 @@ def fit_frames(frames: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     if (new_h, new_w) != (height, width):
         interpolation = cv2.INTER_AREA if new_h < height else cv2.INTER_LINEAR
         resized = np.empty((n, new_h, new_w, channels), dtype=np.uint8)
-        # OpenCV resizes up to 512 channels at once, so frames travel stacked along the channel axis.
-        group = max(1, 512 // channels)
-        for start in range(0, n, group):
-            part = frames[start:start + group]
-            stacked = np.ascontiguousarray(part.transpose(1, 2, 0, 3)).reshape(height, width, -1)
-            out = cv2.resize(stacked, (new_w, new_h), interpolation=interpolation)
-            resized[start:start + len(part)] = out.reshape(new_h, new_w, len(part), channels).transpose(2, 0, 1, 3)
+        for i, frame in enumerate(frames):  # frame by frame: INTER_AREA takes at most 4 channels
+            resized[i] = cv2.resize(frame, (new_w, new_h), interpolation=interpolation).reshape(new_h, new_w, channels)
         frames = resized
     top, left = int(round((new_h - h) / 2)), int(round((new_w - w) / 2))
     return frames[:, top:top + h, left:left + w]
+
+
+def _decord_blocks(reader, frames: int):
+    for start in range(0, frames, DECODE_BLOCK):
+        yield reader.get_batch(list(range(start, min(frames, start + DECODE_BLOCK)))).asnumpy()
+
+
+def _opencv_blocks(path: str):
+    """The same frames through OpenCV's FFmpeg reader (BGR, converted to RGB), block by block."""
+    capture = cv2.VideoCapture(path)
+    try:
+        block = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            block.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            if len(block) == DECODE_BLOCK:
+                yield np.stack(block)
+                block = []
+        if block:
+            yield np.stack(block)
+    finally:
+        capture.release()
 
 
 def read_video(path: str, size_hw: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """All frames of a video as float32 C×T×H×W in [0,1] RGB, fitted to `size_hw` (None: as stored).
 
     decord returns RGB uint8 (T, H, W, 3). Frames are decoded in blocks and fitted block by block, so
-    memory holds the fitted video plus one raw block. Raises VideoError with a one-line reason.
+    memory holds the fitted video plus one raw block. decord 0.6 cannot copy out frames of some
+    widths (8, 16, 24, 48, 72 px among others: "The size must exactly match"); those files are
+    decoded by OpenCV's FFmpeg reader instead, which gives the same pixels where both work.
+    Raises VideoError with a one-line reason.
     """
     import decord
 
@@ -115,27 +138,40 @@ def read_video(path: str, size_hw: tuple[int, int] | None, channels: int = 3) ->
         raise VideoError(f"unreadable: decord cannot open it ({_decord_reason(error)})") from None
     if frames == 0:
         raise VideoError("no frames")
-    video = None
+
+    def fitted(blocks):
+        out = []
+        for block in blocks:
+            out.append(fit_frames(block, size_hw) if size_hw is not None else block)
+        return np.concatenate(out) if out else None
+
     try:
-        for start in range(0, frames, DECODE_BLOCK):
-            block = reader.get_batch(list(range(start, min(frames, start + DECODE_BLOCK)))).asnumpy()
-            if size_hw is not None:
-                block = fit_frames(block, size_hw)
-            if video is None:
-                video = np.empty((channels, frames, *block.shape[1:3]), dtype=np.float32)
-            video[:, start:start + len(block)] = _to_channels(block, channels).transpose(3, 0, 1, 2)
+        video = fitted(_decord_blocks(reader, frames))
     except Exception as error:
-        raise VideoError(f"unreadable: decoding failed near frame {start} ({_decord_reason(error)})") from None
-    video *= np.float32(1 / 255)
-    return video
+        reason = _decord_reason(error)
+        if "size must exactly match" not in reason:
+            raise VideoError(f"unreadable: decoding failed ({reason})") from None
+        del reader
+        try:
+            video = fitted(_opencv_blocks(str(file)))
+        except Exception as second:
+            raise VideoError(f"unreadable: decoding failed ({reason}; OpenCV: {second})") from None
+        if video is None:
+            raise VideoError(f"unreadable: decoding failed ({reason})")
+    return _to_unit_ctwh(video, channels)
 
 
-def _to_channels(block: np.ndarray, channels: int) -> np.ndarray:
-    """RGB uint8 (N, H, W, 3) → float32 (N, H, W, channels): RGB as is, or ITU-R 601 luma for 1."""
-    block = block.astype(np.float32)
+def _to_unit_ctwh(video: np.ndarray, channels: int) -> np.ndarray:
+    """RGB uint8 (T, H, W, 3) → float32 (C, T, H, W) in [0,1]: RGB as is, or ITU-R 601 luma for C=1."""
+    t, h, w, _ = video.shape
+    out = np.empty((channels, t, h, w), dtype=np.float32)
     if channels == 1:
-        return (block @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-    return block
+        out[0] = video @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    else:
+        for c in range(3):
+            out[c] = video[..., c]
+    out *= np.float32(1 / 255)
+    return out
 
 
 # -- dataset layouts ---------------------------------------------------------------------------------
@@ -200,6 +236,22 @@ def _resolve_split(split: str, root: Path) -> Path:
     return found
 
 
+def _find_ignoring_case(root: Path, relative: str, listings: dict) -> Path:
+    """root/relative, or the entry that matches it without regard to case (else root/relative)."""
+    exact = root / relative
+    if exact.exists():
+        return exact
+    found = root
+    for part in relative.split("/"):
+        if found not in listings:
+            listings[found] = ({p.name.lower(): p.name for p in found.iterdir()} if found.is_dir() else {})
+        name = listings[found].get(part.lower())
+        if name is None:
+            return exact
+        found = found / name
+    return found
+
+
 def _ucf101(root: Path, class_index: Path | None, split: Path | None) -> VideoDataset:
     """Class folders named in classInd.txt; the videos listed in the split file (testlist01.txt)."""
     if class_index is not None:
@@ -210,6 +262,7 @@ def _ucf101(root: Path, class_index: Path | None, split: Path | None) -> VideoDa
     # are matched without regard to case.
     label_of = {name.lower(): label for label, name in enumerate(classes)}
     paths, labels = [], []
+    listings: dict[Path, dict[str, str]] = {}
     if split is not None:
         for number, line in enumerate(split.read_text().splitlines(), 1):
             fields = line.split()
@@ -223,7 +276,9 @@ def _ucf101(root: Path, class_index: Path | None, split: Path | None) -> VideoDa
                 label = int(fields[1]) - 1  # trainlist lines carry the 1-based class index
             else:
                 raise UsageError(f"{split}:{number}: class of {relative!r} is not in the class list")
-            paths.append(str(root / relative))  # a listed file that is missing becomes an error row
+            # UCF-101 mixes capitals between list, folder and file names (HandstandPushups vs
+            # v_HandStandPushups_…); a listed file missing even without regard to case is an error row.
+            paths.append(str(_find_ignoring_case(root, relative, listings)))
             labels.append(label)
     else:
         for label, name in enumerate(classes):
@@ -247,6 +302,21 @@ def _video_folder(root: Path, labels_csv: Path | None) -> VideoDataset:
     known = _read_labels_csv(labels_csv) if labels_csv else {}
     labels = [known.get(p.name, known.get(str(p), -1)) for p in files]
     return VideoDataset(str(root), labels, [str(p) for p in files])
+
+
+def align_labels(dataset: VideoDataset, classes: list[str] | None) -> None:
+    """Number the dataset's classes as the model does, where its folders are named after them.
+
+    Folder layouts number classes by sorted folder name; a model that declares its classes
+    (srtool.classes) may order them otherwise (the demo: right, left, up, …). When every folder
+    name is one of the model's classes, labels follow the model; otherwise they stay as they are.
+    """
+    names = dataset.class_names
+    if not classes or not names or names == list(classes) or not set(names) <= set(classes):
+        return
+    to_model = [list(classes).index(name) for name in names]
+    dataset.labels = [to_model[label] if label >= 0 else label for label in dataset.labels]
+    dataset.class_names = list(classes)
 
 
 def open_videos(path: str | Path, labels_csv: str | Path | None = None,
@@ -479,6 +549,8 @@ def make_layout(model: Model, subvideo: int | None, chunk: int | None, stride: i
         raise UsageError(f"{model.path.name} does not declare its input size; add srtool.input_shape "
                          "'C,T,H,W' to its metadata")
     c, t, h, w = shape
+    if c not in (1, 3):
+        raise UsageError(f"{model.path.name} takes {c}-channel frames; srtool reads RGB (3) or grey (1) videos")
     dims = model.proto.graph.input
     graph_input = next(i for i in dims if i.name == model.input_name)
     time_dim = graph_input.type.tensor_type.shape.dim[2]
@@ -493,7 +565,7 @@ def make_layout(model: Model, subvideo: int | None, chunk: int | None, stride: i
 
 # -- sampling graph ----------------------------------------------------------------------------------
 
-def sampling_graph(model: Model, layout: VideoLayout) -> "onnx.ModelProto":  # noqa: F821
+def sampling_graph(model: Model, layout: VideoLayout) -> onnx.ModelProto:
     """noisy videos + chunk frame indices → k sub-videos × chunks → model → chunk mean → reduce → votes.
 
     Input space: NOISY is (B, C, T, H, W) with T free; OFFSETS (k, chunks, m) are frame numbers, and
