@@ -248,13 +248,14 @@ def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: s
 
 def _prepare_images(mode: str, o: dict):
     """Check every input and option, build plan and engine; nothing is written before this returns."""
-    from .data import open_images
+    from .data import align_labels, open_images
     from .graph import sampling_graph
     from .model import load_model
 
     o["demo"] = o["images"] is None
     model = load_model(o["model"] or _asset(DEFAULT_MODEL))
     dataset = open_images(o["images"] or _asset(DEFAULT_IMAGES), o["labels"])
+    align_labels(dataset, model.classes)
     settings = _settings(mode, o, model, DEMO_N, PAPER_N)
     plan, method = _image_plan(o, model, _image_input_shape(o, model, dataset))
     graph = sampling_graph(model, plan)

@@ -250,6 +250,21 @@ def _npz(path: Path) -> Dataset:
     return Dataset(str(path), y, lambda i: x[i])
 
 
+def align_labels(dataset: Dataset, classes: list[str] | None) -> None:
+    """Number the dataset's classes as the model does, where its folders are named after them.
+
+    Folder layouts number classes by sorted folder name; a model that declares its classes
+    (srtool.classes) may order them otherwise (the video demo: right, left, up, …). When every folder
+    name is one of the model's classes, labels follow the model; otherwise they stay as they are.
+    """
+    names = dataset.class_names
+    if not classes or not names or names == list(classes) or not set(names) <= set(classes):
+        return
+    to_model = [list(classes).index(name) for name in names]
+    dataset.labels = [to_model[label] if label >= 0 else label for label in dataset.labels]
+    dataset.class_names = list(classes)
+
+
 def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Dataset:
     path = Path(path)
     if not path.exists():

@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .data import Dataset, Item, _read_labels_csv
+from .data import Dataset, Item, _read_labels_csv, align_labels  # noqa: F401 (re-exported)
 from .errors import InputError, UsageError
 from .graph import NOISY, OFFSETS, Builder, assemble
 from .model import Model
@@ -302,21 +302,6 @@ def _video_folder(root: Path, labels_csv: Path | None) -> VideoDataset:
     known = _read_labels_csv(labels_csv) if labels_csv else {}
     labels = [known.get(p.name, known.get(str(p), -1)) for p in files]
     return VideoDataset(str(root), labels, [str(p) for p in files])
-
-
-def align_labels(dataset: VideoDataset, classes: list[str] | None) -> None:
-    """Number the dataset's classes as the model does, where its folders are named after them.
-
-    Folder layouts number classes by sorted folder name; a model that declares its classes
-    (srtool.classes) may order them otherwise (the demo: right, left, up, …). When every folder
-    name is one of the model's classes, labels follow the model; otherwise they stay as they are.
-    """
-    names = dataset.class_names
-    if not classes or not names or names == list(classes) or not set(names) <= set(classes):
-        return
-    to_model = [list(classes).index(name) for name in names]
-    dataset.labels = [to_model[label] if label >= 0 else label for label in dataset.labels]
-    dataset.class_names = list(classes)
 
 
 def open_videos(path: str | Path, labels_csv: str | Path | None = None,

@@ -141,3 +141,19 @@ def test_bad_datasets_are_usage_errors(tmp_path):
     np.savez(tmp_path / "range.npz", x=np.full((2, 1, 4, 4), 3.0, dtype=np.float32))
     item = open_images(tmp_path / "range.npz")[0]
     assert item.image is None and "[0,1]" in item.error
+
+
+def test_folder_labels_follow_the_models_class_order(tmp_path):
+    from srtool.data import align_labels
+
+    for cls in ("Trouser", "Bag"):
+        (tmp_path / cls).mkdir()
+        cv2.imwrite(str(tmp_path / cls / "0.png"), np.zeros((4, 4), np.uint8))
+    dataset = open_images(tmp_path)
+    assert dataset.labels == [0, 1]  # sorted folder names: Bag, Trouser
+    align_labels(dataset, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                           "Sneaker", "Bag", "Ankle boot"])
+    assert dataset.labels == [8, 1] and dataset.class_names[8] == "Bag"
+    other = open_images(tmp_path)
+    align_labels(other, ["cat", "dog"])  # folders are not the model's classes: unchanged
+    assert other.labels == [0, 1]
