@@ -23,7 +23,7 @@ from functools import cached_property
 import numpy as np
 
 from . import noise
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .resize import Resizer, resize_norm, stacked_crop_norm
 
 NOISE_SPACES = ("input", "resized", "patch")
@@ -69,6 +69,19 @@ class Plan:
                 f"patch {self.patch_hw[0]}×{self.patch_hw[1]} is larger than the "
                 f"{'resized ' if self.has_resize else ''}image "
                 f"{self.resized_hw[0]}×{self.resized_hw[1]}")
+
+    # -- one input ---------------------------------------------------------------------------------
+    def for_input(self, image: np.ndarray) -> "Plan":
+        """The plan for this input: this one, if the image has the run's shape (videos differ)."""
+        if image.shape != self.input_shape:
+            shape, expected = "×".join(map(str, image.shape)), "×".join(map(str, self.input_shape))
+            raise InputError(f"image is {shape}, the run's inputs are {expected} (see --image-size)")
+        return self
+
+    @property
+    def columns(self) -> dict:
+        """Extra result columns this plan fills (none for images)."""
+        return {}
 
     # -- layout --------------------------------------------------------------------------------
     @property
