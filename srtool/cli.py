@@ -44,6 +44,42 @@ def _check(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def _apply(options: list, function):
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def run_options(inputs: str) -> list:
+    """Statistics, runtime and output options shared by every command that runs the pipeline."""
+    return [
+        click.option("--sigma", type=float, default=None,
+                     help="Noise level in [0,1] pixel units (default: the model's srtool.sigma metadata)."),
+        click.option("--alpha", type=float, default=0.001, show_default=True,
+                     help="Failure probability of the certificate / of the prediction test."),
+        click.option("--batch", default="auto", show_default=True,
+                     help="Noisy copies per ONNX Runtime call (fixed per input shape), or 'auto'."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help=f"Seed of the per-{inputs} noise streams; same seed, same results."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
+        click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host",
+                     show_default=True,
+                     help="Draw noise on the host (per-input seeded streams) or inside the graph on "
+                          "the GPU (CUDA only; reproducible per run, not across resumes)."),
+        click.option("--threads", type=int, default=0, show_default=True,
+                     help="ONNX Runtime intra-op threads (0 = one per core)."),
+        click.option("--skip", type=int, default=1, show_default=True,
+                     help=f"Evaluate every skip-th {inputs} (as Cohen's certify.py)."),
+        click.option("--max", "max_index", type=int, default=None,
+                     help=f"Stop before this {inputs} index (as Cohen's certify.py)."),
+        click.option("--out", type=click.Path(), default=None,
+                     help="Results Parquet file (default: runs/<model>-<mode>-<method>.parquet)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run with a different configuration."),
+        click.option("--quiet", is_flag=True, help="No progress bar and no summary."),
+    ]
+
+
 def plan_options(function):
     """Options shared by certify and predict (one pipeline, the same knobs)."""
     options = [
@@ -57,16 +93,8 @@ def plan_options(function):
         click.option("--image-size", type=int, default=None,
                      help="Resize images on load (shorter side, then centre crop) to this square size. "
                           "Certificates hold for the loaded image."),
-        click.option("--sigma", type=float, default=None,
-                     help="Noise level in [0,1] pixel units (default: the model's srtool.sigma metadata)."),
-        click.option("--alpha", type=float, default=0.001, show_default=True,
-                     help="Failure probability of the certificate / of the prediction test."),
         click.option("--n", "n", type=int, default=None,
                      help=f"Noisy copies for the estimate (default {PAPER_N:,}; {DEMO_N:,} on the shipped sample)."),
-        click.option("--batch", default="auto", show_default=True,
-                     help="Noisy copies per ONNX Runtime call (fixed for the run), or 'auto'."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of the per-input noise streams; same seed, same results."),
         click.option("--patches", type=int, default=1, show_default=True,
                      help="k views per noisy copy (1 = standard randomized smoothing)."),
         click.option("--patch-size", type=int, default=None,
@@ -80,26 +108,8 @@ def plan_options(function):
         click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input",
                      show_default=True,
                      help="Where the noise goes; the radius is corrected to hold for the input (docs/soundness.md)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
-        click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host",
-                     show_default=True,
-                     help="Draw noise on the host (per-input seeded streams) or inside the graph on "
-                          "the GPU (CUDA only; reproducible per run, not across resumes)."),
-        click.option("--threads", type=int, default=0, show_default=True,
-                     help="ONNX Runtime intra-op threads (0 = one per core)."),
-        click.option("--skip", type=int, default=1, show_default=True,
-                     help="Evaluate every skip-th input (as Cohen's certify.py)."),
-        click.option("--max", "max_index", type=int, default=None,
-                     help="Stop before this input index (as Cohen's certify.py)."),
-        click.option("--out", type=click.Path(), default=None,
-                     help="Results Parquet file (default: runs/<model>-<mode>-<method>.parquet)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing run with a different configuration."),
-        click.option("--quiet", is_flag=True, help="No progress bar and no summary."),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _apply(options + run_options("input"), function)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -294,33 +304,13 @@ def video_options(function):
                           "from its start as MARS does."),
         click.option("--predict", "predict_mode", is_flag=True,
                      help="PREDICT (smoothed prediction with a binomial abstention test) instead of CERTIFY."),
-        click.option("--sigma", type=float, default=None,
-                     help="Noise level in [0,1] pixel units (default: the model's srtool.sigma metadata)."),
         click.option("--n0", type=int, default=10, show_default=True,
                      help="Noisy copies for selecting the class (certify only; the paper's video setting)."),
         click.option("--n", "n", type=int, default=None,
                      help=f"Noisy copies for the estimate (default {VIDEO_PAPER_N:,}, the paper's video setting; "
                           f"{VIDEO_DEMO_N} on the shipped demo)."),
-        click.option("--alpha", type=float, default=0.001, show_default=True,
-                     help="Failure probability of the certificate / of the prediction test."),
-        click.option("--batch", default="auto", show_default=True,
-                     help="Noisy copies per ONNX Runtime call, or 'auto' (fewer copies for longer videos)."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of the per-video noise streams; same seed, same results."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
-        click.option("--threads", type=int, default=0, show_default=True,
-                     help="ONNX Runtime intra-op threads (0 = one per core)."),
-        click.option("--skip", type=int, default=1, show_default=True, help="Evaluate every skip-th video."),
-        click.option("--max", "max_index", type=int, default=None, help="Stop before this video index."),
-        click.option("--out", type=click.Path(), default=None,
-                     help="Results Parquet file (default: runs/<model>-<mode>-<method>.parquet)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing run with a different configuration."),
-        click.option("--quiet", is_flag=True, help="No progress bar and no summary."),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _apply(options + run_options("video"), function)
 
 
 @cli.command()
