@@ -62,17 +62,24 @@ def torch_reference_rate(batch: int, patches: int, seconds: float, threads: int,
 
 
 def peak_rss_mb(n: int, batch: int) -> float:
-    """Peak resident memory of a whole `srtool certify` process on one input with n copies."""
+    """Peak resident memory (VmHWM) of a whole `srtool certify` process on one input with n copies.
+
+    The child reports its own high-water mark at exit: a fork's ru_maxrss would include this
+    (torch-laden) parent's memory, VmHWM starts afresh with the new program.
+    """
     import tempfile
 
+    report = ("import atexit, sys\n"
+              "atexit.register(lambda: print(next(l for l in open('/proc/self/status') "
+              "if l.startswith('VmHWM')), file=sys.stderr))\n"
+              "from srtool.cli import main\nmain(sys.argv[1:])")
     with tempfile.TemporaryDirectory() as tmp:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "srtool", "certify", "--model", str(MODEL), "--images", str(SAMPLE),
+        result = subprocess.run(
+            [sys.executable, "-c", report, "certify", "--model", str(MODEL), "--images", str(SAMPLE),
              "--max", "1", "--n", str(n), "--batch", str(batch), "--out", f"{tmp}/r.parquet", "--quiet"],
-            cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-        assert status == 0, f"srtool certify failed with status {status}"
-    return usage.ru_maxrss / 1024
+            cwd=ROOT, capture_output=True, text=True, check=True)
+    kilobytes = int(result.stderr.split("VmHWM:")[1].split()[0])
+    return kilobytes / 1024
 
 
 def main() -> None:
