@@ -38,3 +38,20 @@ def make_linear(tmp_path):
         return linear_onnx(np.asarray(weights), np.asarray(bias), tuple(input_shape), tmp_path / name,
                            metadata, opset)
     return make
+
+
+@pytest.fixture
+def prototype_run(tmp_path, make_linear):
+    """prototype_run(count) -> (model, data): a 10-class linear model on 1×28×28 (σ = 0.25 in its
+    metadata) and `count` labelled images near its class prototypes (an .npz) it classifies well."""
+    def make(count: int):
+        rng = np.random.default_rng(0)
+        prototypes = rng.random((10, 28 * 28)).astype(np.float32)
+        weights = (prototypes - prototypes.mean(axis=0)).T * 0.5
+        model = make_linear(weights, np.zeros(10), (1, 28, 28), metadata={"srtool.sigma": 0.25})
+        labels = np.arange(count) % 10
+        x = np.clip(prototypes[labels].reshape(-1, 28, 28) + rng.normal(0, 0.05, (count, 28, 28)), 0, 1)
+        data = tmp_path / "data.npz"
+        np.savez(data, x=(x * 255).astype(np.uint8), y=labels)
+        return model, data
+    return make

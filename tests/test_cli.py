@@ -34,17 +34,9 @@ def srtool(*args, capsys=None) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def fmnist_like(tmp_path, make_linear):
-    """A 10-class linear model on 1×28×28 and 12 labelled images (an .npz) it classifies fairly well."""
-    rng = np.random.default_rng(0)
-    prototypes = rng.random((10, 28 * 28)).astype(np.float32)
-    weights = (prototypes - prototypes.mean(axis=0)).T * 0.5
-    model = make_linear(weights, np.zeros(10), (1, 28, 28), metadata={"srtool.sigma": 0.25})
-    labels = np.arange(12) % 10
-    x = np.clip(prototypes[labels].reshape(-1, 28, 28) + rng.normal(0, 0.05, (12, 28, 28)), 0, 1)
-    data = tmp_path / "data.npz"
-    np.savez(data, x=(x * 255).astype(np.uint8), y=labels)
-    return model, data
+def fmnist_like(prototype_run):
+    """A 10-class linear model on 1×28×28 and 12 labelled images it classifies fairly well."""
+    return prototype_run(12)
 
 
 def read(path):

@@ -98,16 +98,9 @@ def ray_env(monkeypatch):
 
 
 @pytest.fixture
-def linear_data(tmp_path, make_linear):
+def linear_data(prototype_run):
     """A 10-class linear model on 1×28×28 and 40 labelled images it classifies well."""
-    rng = np.random.default_rng(0)
-    prototypes = rng.random((10, 28 * 28)).astype(np.float32)
-    weights = (prototypes - prototypes.mean(axis=0)).T * 0.5
-    model = make_linear(weights, np.zeros(10), (1, 28, 28), metadata={"srtool.sigma": 0.25})
-    labels = np.arange(40) % 10
-    x = np.clip(prototypes[labels].reshape(-1, 28, 28) + rng.normal(0, 0.05, (40, 28, 28)), 0, 1)
-    data = tmp_path / "data.npz"
-    np.savez(data, x=(x * 255).astype(np.uint8), y=labels)
+    model, data = prototype_run(40)
     return ["--model", model, "--images", data]
 
 
