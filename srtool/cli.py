@@ -21,7 +21,7 @@ from .ray_engine import engine_options
 ASSETS = resources.files("srtool") / "assets"
 DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
 DEFAULT_IMAGES = "fashion_mnist_sample.npz"
-DEMO_N = 1000  # n for the shipped sample, so the default run takes about a minute on 2 cores
+DEMO_N = 1000  # n for the shipped sample: the default run takes about 20 s on 2 cores
 PAPER_N = 100_000
 # Views per ONNX Runtime call for --batch auto: about 64 M float32 values of model input.
 AUTO_BATCH_VALUES = 64 * 2**20
