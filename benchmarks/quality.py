@@ -61,6 +61,7 @@ def uncorrected_copy(run: Path) -> Path:
     config["label"] = (f"Smooth-{config['reduce'].title()} k=4 patch-noise UNCORRECTED, "
                        f"not a certificate σ={config['sigma']:g}")
     config["radius_factor"] = 1.0
+    config["not_certificate"] = True
     out = run.with_name(run.stem + "-uncorrected.parquet")
     fixed = table.from_pylist(rows, schema=table.schema.remove_metadata())
     pq.write_table(fixed.replace_schema_metadata({b"srtool": json.dumps(config).encode()}), out)
@@ -101,8 +102,13 @@ def main() -> None:
     write_results(args, sections)
 
 
+CONCLUSION = "<!-- conclusion: written by hand, kept when the script rewrites the tables -->"
+
+
 def write_results(args, sections) -> None:
     total_seconds = sum(sum(timings.values()) for *_, timings in sections)
+    previous = args.out.read_text() if args.out.exists() else ""
+    conclusion = previous[previous.index(CONCLUSION):] if CONCLUSION in previous else CONCLUSION + "\n"
     lines = [
         "# Smooth-Reduce vs randomized smoothing on Fashion-MNIST, with sound radii",
         "",
@@ -119,7 +125,7 @@ def write_results(args, sections) -> None:
     for sigma, table, plot, timings in sections:
         lines += [f"## σ = {sigma}", "", table.strip(), "", f"![certified accuracy, σ={sigma}]({plot})", "",
                   "Time per method (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n" + conclusion)
     print(f"wrote {args.out}")
 
 

@@ -120,7 +120,7 @@ def plot(runs, out: str | Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'srtool[plot]'") from None
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    figure, axes = plt.subplots(figsize=(9.6, 4.8), dpi=120)
     drawn = 0
     for table, config, label in runs:
         if config.get("command", "certify") != "certify":
@@ -132,7 +132,8 @@ def plot(runs, out: str | Path) -> None:
             continue
         grid = np.linspace(0, max(radius.max(), 1e-6) * 1.05, 400)
         curve = [(correct & (radius >= r)).mean() for r in grid]
-        axes.plot(grid, curve, label=label)
+        # Radii a writer marked as not certificates (benchmarks/quality.py) are drawn dashed.
+        axes.plot(grid, curve, label=label, linestyle="--" if config.get("not_certificate") else "-")
         drawn += 1
     if not drawn:
         raise UsageError("--plot needs at least one certify run")
@@ -140,9 +141,8 @@ def plot(runs, out: str | Path) -> None:
     axes.set_ylabel("certified accuracy")
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    figure.savefig(out, bbox_inches="tight")
     plt.close(figure)
 
 
