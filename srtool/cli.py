@@ -233,13 +233,13 @@ def _launch(mode: str, o: dict, model, dataset, plan, graph, settings, method: s
     num_classes = infer_num_classes(model, make_session)
     counter = VoteCounter(graph, plan, num_classes, batch, o["device"], o["threads"],
                           values_per_call=values_per_call if o["batch"] == "auto" else None,
-                          device_noise_seed=settings.seed if o.get("noise_mode") == "device" else None,
+                          device_noise_seed=settings.seed if o["noise_mode"] == "device" else None,
                           sigma=settings.sigma)
     out = Path(o["out"] or f"runs/{model.name}-{mode}-sigma{settings.sigma:g}-{method}.parquet")
     config = {
         "command": mode, "sigma": settings.sigma, "alpha": settings.alpha,
         "n0": settings.n0 if mode == "certify" else None, "n": settings.n, "seed": settings.seed,
-        "noise": o.get("noise_mode", "host"), **plan.describe(), **extra,
+        "noise": o["noise_mode"], **plan.describe(), **extra,
         "model": str(model.path), "model_sha256": model.sha256, "num_classes": num_classes,
         "classes": model.classes or dataset.class_names,
         "dataset": str(Path(dataset.source).resolve()), "labels": o["labels"],

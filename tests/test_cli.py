@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from srtool.cli import main
+from cli_helpers import read, srtool
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = ["index", "label", "predict", "radius", "correct", "p_lower", "count", "n", "counts", "time_s"]
@@ -22,26 +22,10 @@ REQUIRED_CONFIG = ["sigma", "alpha", "n0", "n", "patches", "reduce", "noise_spac
                    "seed", "model_sha256", "version", "device"]
 
 
-def srtool(*args, capsys=None) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
-
-
 @pytest.fixture
 def fmnist_like(prototype_run):
     """A 10-class linear model on 1×28×28 and 12 labelled images it classifies fairly well."""
     return prototype_run(12)
-
-
-def read(path):
-    table = pq.read_table(path)
-    return table, json.loads(table.schema.metadata[b"srtool"])
 
 
 def without_time(table):

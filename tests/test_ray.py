@@ -9,7 +9,6 @@ Ray processes are found by that RAY_TMPDIR in their environment, and a test fail
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -20,32 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from srtool.cli import main
 from srtool.results import read_results
+from cli_helpers import read, srtool
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 # Ray is not imported here: srtool must be the first to import it (it sets up authentication first).
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (the dev extra)")
-
-
-def srtool(*args, capsys=None) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
-
-
-def read(path):
-    table = pq.read_table(path)
-    return table, json.loads(table.schema.metadata[b"srtool"])
 
 
 def rows(table):
