@@ -3,7 +3,7 @@ reference sampler written the way Cohen et al.'s `Smooth._sample_noise` works, i
 the same model, batch and inputs; and peak memory against n.
 
     python benchmarks/throughput.py                      # shipped Fashion-MNIST CNN, CPU
-    python benchmarks/throughput.py --seconds 10 --batch 1000
+    python benchmarks/throughput.py --seconds 6 --batch 1000 167
 
 The PyTorch reference runs the training module itself (models/train_fashion_mnist.py's
 FashionCNN, eval mode, same architecture and FLOPs as the shipped ONNX file; weights do not change
@@ -84,35 +84,38 @@ def peak_rss_mb(n: int, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1000, 167],
+                        help="noisy copies per call (167 is what --batch auto picks for this model on a CPU)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
 
     model = load_model(MODEL)
     rows = []
-    for patches in (1, 4):
-        if patches == 1:
-            plan = Plan((1, 28, 28), (28, 28), (28, 28))
-        else:
-            plan = Plan((1, 28, 28), (28, 28), (32, 32), patches=4)
-        result = srtool_bench.run(model, plan, 10, args.batch, "cpu", args.threads, args.seconds)
-        reference = torch_reference_rate(args.batch, patches, args.seconds, args.threads)
-        rows.append((patches, result, reference))
+    for batch in args.batch:
+        for patches in (1, 4):
+            if patches == 1:
+                plan = Plan((1, 28, 28), (28, 28), (28, 28))
+            else:
+                plan = Plan((1, 28, 28), (28, 28), (32, 32), patches=4)
+            result = srtool_bench.run(model, plan, 10, batch, "cpu", args.threads, args.seconds)
+            reference = torch_reference_rate(batch, patches, args.seconds, args.threads)
+            rows.append((patches, result, reference))
 
-    memory = {n: peak_rss_mb(n, args.batch) for n in (1_000, 100_000)}
+    memory = {n: peak_rss_mb(n, args.batch[0]) for n in (1_000, 100_000)}
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}; "
-          f"`python benchmarks/throughput.py --batch {args.batch} --seconds {args.seconds} "
-          f"--threads {args.threads}`\n")
-    print("| plan | bare ORT model (fwd/s) | srtool pipeline (fwd/s) | pipeline / model | "
+          f"`python benchmarks/throughput.py --batch {' '.join(map(str, args.batch))} "
+          f"--seconds {args.seconds} --threads {args.threads}`\n")
+    print("| plan | batch | bare ORT model (fwd/s) | srtool pipeline (fwd/s) | pipeline / model | "
           "PyTorch reference (fwd/s) | srtool / PyTorch | s per input at n=100k |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for patches, result, reference in rows:
         name = "RS" if patches == 1 else "Smooth-Mean k=4 (32→28 crops)"
         torch_forward = reference * patches
-        print(f"| {name} | {result['raw_forward_per_s']:,.0f} | {result['pipeline_forward_per_s']:,.0f} | "
+        print(f"| {name} | {result['batch']} | {result['raw_forward_per_s']:,.0f} | "
+              f"{result['pipeline_forward_per_s']:,.0f} | "
               f"{result['ratio']:.2f} | {torch_forward:,.0f} | "
               f"{result['pipeline_forward_per_s'] / torch_forward:.2f} | "
               f"{result['projected_s_per_input_n100k']:.1f} |")

@@ -1,20 +1,25 @@
 """ONNX Runtime sessions and the vote-counting loop.
 
 `VoteCounter.count` is the hot loop: fill a batch of noisy points, run the sampling graph, add the
-votes up. Noise for the next batch is generated on a helper thread while ONNX Runtime runs the
-current one (both release the GIL), into two preallocated buffers used in turn. The noise stream is
-consumed in the same order as a sequential loop, so the counts do not depend on the overlap.
+votes up. Several sampling loops run side by side on one session, each with its own preallocated
+batch buffer: on the CPU one loop per core, each calling ONNX Runtime with a single thread, so every
+core draws a batch's noise and then runs that batch. Noise never preempts a multi-threaded ORT
+operator (where one descheduled thread stalls the others) and no core waits on another. On CUDA two
+loops: one draws noise while the GPU runs the other's batch. Numpy's generators and ORT's Run release
+the GIL. Copy j's noise is fixed by (seed, input, purpose, j) (noise.Gaussian), so the counts do not
+depend on the number of loops, the batch size or the timing.
 
-On CUDA the session runs with IO binding: one device input buffer and one device votes buffer per
-batch shape (the full batch, and the remainders such as the n0 stage), bound once; per call only
-the noisy batch goes up and the int64 votes come down. With `device_noise_seed` the noise is drawn
-inside the graph instead (graph.with_device_noise), so nothing but the clean point goes up.
+On CUDA the session runs with IO binding: per loop, one device input buffer and one device votes
+buffer per batch shape (the full batch, and the remainders such as the n0 stage), bound once; per
+call only the noisy batch goes up and the int64 votes come down. With `device_noise_seed` the noise
+is drawn inside the graph instead (graph.with_device_noise), so nothing but the clean point goes up.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,15 +37,23 @@ def gpu_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
 
 
-def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0):
-    """An inference session on `device`; fails loudly where CUDA was asked for and is not used."""
+def resolve_device(device: str) -> str:
+    """'cpu' or 'cuda' for a --device value ('auto' takes CUDA where a GPU and ORT's CUDA EP are there)."""
     import onnxruntime as ort
 
     if device not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}")
-    use_cuda = device == "cuda" or (device == "auto" and gpu_present()
-                                    and "CUDAExecutionProvider" in ort.get_available_providers())
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda
+    if device == "auto":
+        usable = gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()
+        return "cuda" if usable else "cpu"
+    return device
+
+
+def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0):
+    """An inference session on `device`; fails loudly where CUDA was asked for and is not used."""
+    import onnxruntime as ort
+
+    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if resolve_device(device) == "cuda"
                  else ["CPUExecutionProvider"])
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -60,6 +73,25 @@ def provider_name(session) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
 
+def call_sizes(num: int, per_call: int, loops: int) -> list[tuple[int, int]]:
+    """(first copy, copies) of each call for `num` copies: full calls while there is plenty of work,
+    then shrinking ones (a share of what is left, at least per_call/8), so that the sampling loops
+    finish an input together instead of one running a last full batch while the others wait."""
+    smallest = max(1, min(per_call, num) // 8)
+    calls, first = [], 0
+    while first < num:
+        left = num - first
+        size = min(left, per_call, max(smallest, -(-left // loops)))
+        calls.append((first, size))
+        first += size
+    return calls
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class VoteCounter:
     """Counts the votes of the reduced base classifier on noisy copies of one noise point."""
 
@@ -69,9 +101,11 @@ class VoteCounter:
                  sigma: float | None = None):
         """`graph` is a sampling graph for `plan` (any plan with noise_shape and dense_offsets).
 
-        `values_per_call`, where given, caps one call at about that many floats of noisy input or
-        model input by running fewer than `batch` copies for larger plans (long videos). The counts
-        do not depend on it: the noise stream is consumed in the same order whatever the batch.
+        `threads` is the number of CPU sampling loops (0: one per core); on CUDA it is the ORT
+        threads of the operators left on the CPU, and two loops run.
+        `values_per_call`, where given, caps the noisy input or model input of the calls in flight
+        at about that many floats by running fewer than `batch` copies per call for larger plans
+        (long videos). The counts depend on neither: the noise stream is consumed in batch order.
         """
         self.plan = plan
         self.num_classes = num_classes
@@ -80,7 +114,9 @@ class VoteCounter:
         self.device_noise = device_noise_seed is not None
         if self.device_noise:
             graph = with_device_noise(graph, plan.noise_shape, sigma, device_noise_seed)
-        self.session = make_session(graph.SerializeToString(), device, threads)
+        on_cuda = resolve_device(device) == "cuda"
+        self.loops = 2 if on_cuda else (threads or cpu_cores())
+        self.session = make_session(graph.SerializeToString(), device, threads if on_cuda else 1)
         self.device = provider_name(self.session)
         if self.device_noise and self.device != "cuda":
             raise UsageError("--noise device needs --device cuda: ONNX Runtime's CPU RandomNormal "
@@ -89,9 +125,9 @@ class VoteCounter:
         # IO binding is the CUDA path; `io_binding=True` exercises the same code on the CPU (tests).
         self._binding_device = "cuda" if self.device == "cuda" else "cpu"
         self._use_binding = self.device == "cuda" if io_binding is None else io_binding
-        self._bindings: dict[tuple[int, ...], tuple] = {}
-        self._buffers: list[np.ndarray] = []  # sized on first use, again when the point's shape changes
-        self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtool-noise")
+        self._bindings: dict[tuple[int, tuple[int, ...]], tuple] = {}  # (loop, batch shape) → binding
+        self._buffers: dict[int, np.ndarray] = {}  # loop → its batch buffer, resized when the point's shape changes
+        self._pool = ThreadPoolExecutor(max_workers=self.loops, thread_name_prefix="srtool-sampling")
         self._check_runs()
 
     def copies_per_call(self, plan) -> int:
@@ -99,12 +135,13 @@ class VoteCounter:
         if self.values_per_call is None:
             return self.batch
         per_copy = max(int(np.prod(plan.noise_shape)), plan.views_per_copy * int(np.prod(plan.view_shape)))
-        return int(max(1, min(self.batch, self.values_per_call // per_copy)))
+        return int(max(1, min(self.batch, self.values_per_call // (per_copy * self.loops))))
 
-    def _buffers_for(self, shape: tuple[int, ...], batch: int) -> list[np.ndarray]:
-        if not self._buffers or self._buffers[0].shape != (batch, *shape):
-            self._buffers = [np.empty((batch, *shape), dtype=np.float32) for _ in range(2)]
-        return self._buffers
+    def _buffer(self, loop: int, shape: tuple[int, ...], batch: int) -> np.ndarray:
+        buffer = self._buffers.get(loop)
+        if buffer is None or buffer.shape[1:] != shape or len(buffer) < batch:
+            buffer = self._buffers[loop] = np.empty((batch, *shape), dtype=np.float32)
+        return buffer
 
     def _check_runs(self) -> None:
         """One run on a full batch, so a model that cannot take this plan fails before any work."""
@@ -123,9 +160,9 @@ class VoteCounter:
         if votes.shape != (batch,):
             raise UsageError(f"the model returned {votes.shape} votes for a batch of {batch}")
 
-    def votes(self, noisy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def votes(self, noisy: np.ndarray, offsets: np.ndarray, loop: int = 0) -> np.ndarray:
         if self._use_binding:
-            return self._bound_votes(noisy, offsets)
+            return self._bound_votes(noisy, offsets, loop)
         feeds = {NOISY: noisy}
         if self._feeds_offsets:
             feeds[OFFSETS] = offsets
@@ -137,18 +174,19 @@ class VoteCounter:
             feeds[OFFSETS] = offsets
         return self.session.run([VOTES], feeds)[0]
 
-    def _bound_votes(self, noisy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def _bound_votes(self, noisy: np.ndarray, offsets: np.ndarray, loop: int) -> np.ndarray:
         import onnxruntime as ort
 
-        if noisy.shape not in self._bindings:  # a fixed set of shapes per run: bind each once
+        key = (loop, noisy.shape)
+        if key not in self._bindings:  # a fixed set of shapes per run: bind each once per loop
             binding = self.session.io_binding()
             device_input = ort.OrtValue.ortvalue_from_shape_and_type(noisy.shape, np.float32, self._binding_device, 0)
             device_votes = ort.OrtValue.ortvalue_from_shape_and_type((noisy.shape[0],), np.int64,
                                                                     self._binding_device, 0)
             binding.bind_ortvalue_input(NOISY, device_input)
             binding.bind_ortvalue_output(VOTES, device_votes)
-            self._bindings[noisy.shape] = (binding, device_input, device_votes)
-        binding, device_input, device_votes = self._bindings[noisy.shape]
+            self._bindings[key] = (binding, device_input, device_votes)
+        binding, device_input, device_votes = self._bindings[key]
         device_input.update_inplace(np.ascontiguousarray(noisy))
         if self._feeds_offsets:
             binding.bind_cpu_input(OFFSETS, np.ascontiguousarray(offsets))
@@ -156,31 +194,39 @@ class VoteCounter:
         return device_votes.numpy().copy()  # the bound buffer is reused by the next call
 
     def count(self, point: np.ndarray, offsets: np.ndarray, num: int, sigma: float,
-              rng: np.random.Generator, plan=None) -> np.ndarray:
-        """Votes per class over `num` noisy copies point + sigma·z, z drawn from `rng`.
+              gaussian: noise.Gaussian, plan=None) -> np.ndarray:
+        """Votes per class over noisy copies 0 … num-1 of `gaussian`: point + sigma·z.
 
         `plan` is the plan of this input where it differs from the counter's (videos: one per length).
         """
-        counts = np.zeros(self.num_classes, dtype=np.int64)
-        batch = self.copies_per_call(plan if plan is not None else self.plan)
-        sizes = [min(batch, num - start) for start in range(0, num, batch)]
-        if self.device_noise:  # the graph draws the noise; `rng` and the host buffers are unused
-            for size in sizes:
-                counts += self._tally(self._device_noise_votes(point, size, offsets))
-            return counts
-        buffers = self._buffers_for(point.shape, batch)
+        per_call = self.copies_per_call(plan if plan is not None else self.plan)
+        batches = iter(call_sizes(num, per_call, self.loops))
+        lock, stop = threading.Lock(), threading.Event()
 
-        def fill(step: int) -> np.ndarray:
-            buffer = buffers[step % 2][:sizes[step]]
-            return noise.fill_noisy(buffer, point, sigma, rng)
+        def sample(loop: int) -> np.ndarray:
+            counts = np.zeros(self.num_classes, dtype=np.int64)
+            try:
+                while True:
+                    with lock:
+                        first, size = (None, 0) if stop.is_set() else next(batches, (None, 0))
+                    if first is None:
+                        return counts
+                    if self.device_noise:
+                        votes = self._device_noise_votes(point, size, offsets)
+                    else:
+                        noisy = gaussian.fill(self._buffer(loop, point.shape, per_call)[:size], point, sigma, first)
+                        votes = self.votes(noisy, offsets, loop)
+                    counts += self._tally(votes)
+            except BaseException:
+                stop.set()
+                raise
 
-        pending = self._producer.submit(fill, 0) if sizes else None
-        for step in range(len(sizes)):
-            noisy = pending.result()
-            if step + 1 < len(sizes):
-                pending = self._producer.submit(fill, step + 1)
-            counts += self._tally(self.votes(noisy, offsets))
-        return counts
+        loops = [self._pool.submit(sample, loop) for loop in range(self.loops)]
+        try:
+            return sum((done.result() for done in loops), np.zeros(self.num_classes, dtype=np.int64))
+        except BaseException:  # an error in a loop, or Ctrl-C here: the other loops stop after their batch
+            stop.set()
+            raise
 
     def _tally(self, votes: np.ndarray) -> np.ndarray:
         if votes.size and votes.max() >= self.num_classes:
@@ -189,4 +235,4 @@ class VoteCounter:
         return np.bincount(votes, minlength=self.num_classes)
 
     def close(self) -> None:
-        self._producer.shutdown(wait=True)
+        self._pool.shutdown(wait=True)

@@ -51,9 +51,9 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     offsets = plan.offsets(s.seed, item.index)
     point = plan.noise_point(item.image, offsets)
     factor = plan.radius_factor(offsets)
-    estimation = noise.stream(s.seed, item.index, noise.ESTIMATION)
+    estimation = noise.Gaussian(s.seed, item.index, noise.ESTIMATION)
     if s.mode == "certify":
-        counts0 = counter.count(point, offsets, s.n0, s.sigma, noise.stream(s.seed, item.index, noise.SELECTION),
+        counts0 = counter.count(point, offsets, s.n0, s.sigma, noise.Gaussian(s.seed, item.index, noise.SELECTION),
                                 plan=plan)
         counts = counter.count(point, offsets, s.n, s.sigma, estimation, plan=plan)
         cert = stats.certify(counts0, counts, s.sigma, s.alpha, factor)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from srtool import noise
-from srtool.engine import VoteCounter
+from srtool.engine import VoteCounter, call_sizes
 from srtool.errors import UsageError
 from srtool.graph import CLEAN, COPIES, NOISY, sampling_graph, with_device_noise
 from srtool.model import load_model
@@ -35,11 +35,13 @@ def test_io_binding_path_gives_the_same_votes(counters):
     point = np.random.default_rng(2).random((1, 7, 7), dtype=np.float32)
     for index in range(3):  # per-input random offsets are fed into the bound session each time
         offsets = plan.offsets(0, index)
-        # 130 = 2 full batches of 48 and a remainder of 34: two bound shapes, reused
-        a = plain.count(point, offsets, 130, 0.4, noise.stream(0, index, noise.ESTIMATION))
-        b = bound.count(point, offsets, 130, 0.4, noise.stream(0, index, noise.ESTIMATION))
+        a = plain.count(point, offsets, 130, 0.4, noise.Gaussian(0, index, noise.ESTIMATION))
+        b = bound.count(point, offsets, 130, 0.4, noise.Gaussian(0, index, noise.ESTIMATION))
         assert np.array_equal(a, b) and a.sum() == 130 and (a > 0).sum() > 1
-    assert sorted(shape[0] for shape in bound._bindings) == [34, 48]
+    # one binding per (sampling loop, batch shape), bound once and reused across inputs
+    sizes = {size for _, size in call_sizes(130, 48, bound.loops)}
+    assert len(sizes) > 1 and {shape[0] for _, shape in bound._bindings} == sizes
+    assert len(bound._bindings) <= bound.loops * len(sizes)
 
 
 def test_device_noise_graph_wiring(counters):
@@ -75,11 +77,12 @@ def test_bench_json_schema(make_linear, capsys):
         assert exit_.code in (0, None)
     result = json.loads(capsys.readouterr().out)
     expected = {"model": str, "provider": str, "batch": int, "views_per_copy": int, "noise": str,
-                "threads": int, "raw_forward_per_s": float, "pipeline_copies_per_s": float,
+                "threads": int, "sampling_loops": int, "rounds": int,
+                "raw_forward_per_s": float, "pipeline_copies_per_s": float,
                 "pipeline_forward_per_s": float, "ratio": float, "host_noise_copies_per_s": float,
                 "projected_s_per_input_n100k": float}
     assert set(result) == set(expected)
     assert all(isinstance(result[key], kind) for key, kind in expected.items())
     assert result["provider"] == "cpu" and result["views_per_copy"] == 4 and result["batch"] == 32
     assert result["pipeline_forward_per_s"] == pytest.approx(4 * result["pipeline_copies_per_s"])
-    assert result["ratio"] > 0
+    assert result["ratio"] > 0 and result["sampling_loops"] >= 1

@@ -127,33 +127,47 @@ def test_sampling_graph_votes_equal_direct_computation(make_linear, space, reduc
     offsets = plan.offsets(seed=1, index=2)
     x = rng.random((2, 7, 7)).astype(np.float32)
     point = plan.noise_point(x, offsets)
-    noisy = noise.fill_noisy(np.empty((32, *plan.noise_shape), np.float32), point, 0.3, rng)
+    noisy = noise.Gaussian(5, 0, noise.ESTIMATION).fill(np.empty((32, *plan.noise_shape), np.float32), point, 0.3)
     assert np.array_equal(counter.votes(noisy, offsets), reference_votes(weights, bias, plan, noisy, offsets))
     counter.close()
 
 
-def test_overlapped_counting_equals_a_plain_sequential_loop(make_linear):
-    """The noise producer thread must not change which noise goes with which batch."""
+def test_parallel_sampling_loops_equal_a_plain_sequential_loop(make_linear):
+    """The loops draw batches in parallel; copy j must get the same noise as in a one-batch-at-a-time
+    loop, whatever the number of loops or the batch size."""
     rng = np.random.default_rng(9)
     weights, bias = rng.standard_normal((28 * 28, 10)) * 0.05, np.zeros(10)
     model = load_model(make_linear(weights, bias, (1, 28, 28)))
     plan = Plan((1, 28, 28), (28, 28), (32, 32), patches=4, reduce="max")
     point = rng.random((1, 28, 28)).astype(np.float32)
     offsets = plan.dense_offsets
-    counter = VoteCounter(sampling_graph(model, plan), plan, 10, batch=64, device="cpu")
-    overlapped = counter.count(point, offsets, 1000, 0.5, noise.stream(4, 0, noise.ESTIMATION))
     sequential = np.zeros(10, dtype=np.int64)
-    stream = noise.stream(4, 0, noise.ESTIMATION)
-    for start in range(0, 1000, 64):
-        size = min(64, 1000 - start)
-        noisy = noise.fill_noisy(np.empty((size, *plan.noise_shape), np.float32), point, 0.5, stream)
-        sequential += np.bincount(counter.votes(noisy, offsets), minlength=10)
-    assert np.array_equal(overlapped, sequential) and overlapped.sum() == 1000
-    # The batch size does not change the noise either: same counts with another batch.
-    other = VoteCounter(sampling_graph(model, plan), plan, 10, batch=300, device="cpu")
-    assert np.array_equal(other.count(point, offsets, 1000, 0.5, noise.stream(4, 0, noise.ESTIMATION)), overlapped)
-    counter.close()
-    other.close()
+    gaussian = noise.Gaussian(4, 0, noise.ESTIMATION)
+    for first in range(0, 1000, 64):
+        size = min(64, 1000 - first)
+        noisy = gaussian.fill(np.empty((size, *plan.noise_shape), np.float32), point, 0.5, first)
+        sequential += np.bincount(reference_votes(weights, bias, plan, noisy, offsets), minlength=10)
+    assert sequential.sum() == 1000 and (sequential > 0).sum() > 2
+    for batch, threads in [(64, 2), (300, 3), (1000, 1), (7, 4)]:
+        counter = VoteCounter(sampling_graph(model, plan), plan, 10, batch=batch, device="cpu", threads=threads)
+        assert counter.loops == threads
+        assert np.array_equal(counter.count(point, offsets, 1000, 0.5, noise.Gaussian(4, 0, noise.ESTIMATION)),
+                              sequential), (batch, threads)
+        counter.close()
+
+
+def test_call_sizes_cover_every_copy_once_and_shrink_at_the_end():
+    from srtool.engine import call_sizes
+
+    for num, per_call, loops in [(100_000, 1000, 2), (100, 1000, 2), (1, 50, 4), (130, 48, 1), (999, 7, 3)]:
+        calls = call_sizes(num, per_call, loops)
+        firsts = [first for first, _ in calls]
+        sizes = [size for _, size in calls]
+        assert firsts == list(np.cumsum([0] + sizes[:-1])) and sum(sizes) == num
+        assert max(sizes) <= per_call and min(sizes) >= 1
+        assert sizes == sorted(sizes, reverse=True)  # full calls first, the small ones last
+    tail = [size for _, size in call_sizes(100_000, 1000, 2)][-4:]
+    assert tail == [500, 250, 125, 125]
 
 
 def test_cuda_requested_without_gpu_fails_loudly(make_linear):

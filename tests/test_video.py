@@ -247,13 +247,15 @@ def test_counts_do_not_depend_on_batch_or_length_cap(tmp_path):
     video = np.random.default_rng(2).uniform(size=(3, 30, 8, 8)).astype(np.float32)
     results = []
     per_copy = 12 * 2 * (3 * 4 * 8 * 8)  # 12 sub-videos × 2 chunks of model input per noisy copy
-    for batch, cap in ((7, None), (100, None), (100, per_copy)):
-        counter = VoteCounter(graph, layout.probe, 3, batch=batch, device="cpu", values_per_call=cap)
-        if cap:  # the cap bounds one call's model input: one copy of the long video, 12 of a short one
+    for batch, cap, loops in ((7, None, 1), (100, None, 2), (100, per_copy, 1), (100, 2 * per_copy, 2)):
+        counter = VoteCounter(graph, layout.probe, 3, batch=batch, device="cpu", threads=loops,
+                              values_per_call=cap)
+        if cap:  # the cap bounds the model input of the calls in flight (one per loop):
+            # per loop, one copy of the long video, 12 of a short one
             assert counter.copies_per_call(plan) == 1
             assert counter.copies_per_call(layout.probe) == 12
         results.append(counter.count(plan.noise_point(video, plan.index), plan.index, 50, 0.5,
-                                     noise.stream(0, 0, noise.ESTIMATION), plan=plan))
+                                     noise.Gaussian(0, 0, noise.ESTIMATION), plan=plan))
         counter.close()
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
@@ -306,7 +308,7 @@ def test_linear_vote_frequency_is_exact(tmp_path, space):
     scale = np.linalg.norm(u) if space == "input" else np.linalg.norm(v)
     p = norm.cdf(margin / (sigma * scale))
     n = 4000
-    counts = counter.count(point, plan.index, n, sigma, noise.stream(3, 0, noise.ESTIMATION), plan=plan)
+    counts = counter.count(point, plan.index, n, sigma, noise.Gaussian(3, 0, noise.ESTIMATION), plan=plan)
     counter.close()
     assert abs(counts[0] / n - p) < 4 * np.sqrt(p * (1 - p) / n)
 
