@@ -61,7 +61,7 @@ def torch_reference_rate(batch: int, patches: int, seconds: float, threads: int,
     return srtool_bench.rate(sample, batch, seconds)
 
 
-def peak_rss_mb(n: int, batch: int) -> float:
+def peak_rss_mb(n: int, batch: str) -> float:
     """Peak resident memory (VmHWM) of a whole `srtool certify` process on one input with n copies.
 
     The child reports its own high-water mark at exit: a fork's ru_maxrss would include this
@@ -76,7 +76,7 @@ def peak_rss_mb(n: int, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
             [sys.executable, "-c", report, "certify", "--model", str(MODEL), "--images", str(SAMPLE),
-             "--max", "1", "--n", str(n), "--batch", str(batch), "--out", f"{tmp}/r.parquet", "--quiet"],
+             "--max", "1", "--n", str(n), "--batch", batch, "--out", f"{tmp}/r.parquet", "--quiet"],
             cwd=ROOT, capture_output=True, text=True, check=True)
     kilobytes = int(result.stderr.split("VmHWM:")[1].split()[0])
     return kilobytes / 1024
@@ -102,7 +102,10 @@ def main() -> None:
             reference = torch_reference_rate(batch, patches, args.seconds, args.threads)
             rows.append((patches, result, reference))
 
-    memory = {n: peak_rss_mb(n, args.batch[0]) for n in (1_000, 100_000)}
+    # The PyTorch reference at its own best batch too: on a CPU it is fastest well below 1000.
+    torch_best = {patches: max((torch_reference_rate(batch, patches, 1.0, args.threads) * patches, batch)
+                               for batch in (64, 100, 167, 250, 400, 1000)) for patches in (1, 4)}
+    memory = {(batch, n): peak_rss_mb(n, batch) for batch in ("auto", "1000") for n in (1_000, 10_000, 100_000)}
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}; "
@@ -119,10 +122,14 @@ def main() -> None:
               f"{result['ratio']:.2f} | {torch_forward:,.0f} | "
               f"{result['pipeline_forward_per_s'] / torch_forward:.2f} | "
               f"{result['projected_s_per_input_n100k']:.1f} |")
-    print(f"\nPeak RSS of `srtool certify` on one input: n=1,000: {memory[1_000]:.0f} MB; "
-          f"n=100,000: {memory[100_000]:.0f} MB")
+    for patches, (forward, batch) in torch_best.items():
+        print(f"\nPyTorch reference at its best batch (of 64–1000), k={patches}: {forward:,.0f} forward "
+              f"passes/s at batch {batch}")
+    for (batch, n), megabytes in memory.items():
+        print(f"Peak RSS of `srtool certify --batch {batch}` on one input, n={n:,}: {megabytes:.0f} MB")
     print(json.dumps({"rows": [{"patches": p, **r, "torch_copies_per_s": t} for p, r, t in rows],
-                      "peak_rss_mb": memory}, indent=1))
+                      "torch_best": {p: {"forward_per_s": f, "batch": b} for p, (f, b) in torch_best.items()},
+                      "peak_rss_mb": {f"{b} {n}": m for (b, n), m in memory.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .ray_engine import engine_options
 ASSETS = resources.files("srtool") / "assets"
 DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
 DEFAULT_IMAGES = "fashion_mnist_sample.npz"
-DEMO_N = 1000  # n for the shipped sample: the default run takes about 20 s on 2 cores
+DEMO_N = 1000  # n for the shipped sample: the default run takes about 16 s on 2 cores
 PAPER_N = 100_000
 # Views per ONNX Runtime call for --batch auto, in float32 values of model input: on CUDA about 64 M,
 # so the GPU gets big calls; on the CPU about 128 K, so a call's input and first activations stay in
@@ -32,7 +32,7 @@ AUTO_BATCH_VALUES = {"cuda": 64 * 2**20, "cpu": 2**17}
 # copies per call shrink as videos get longer (a 300-frame 112×112 video runs one copy per call).
 DEFAULT_VIDEO_MODEL = "video_demo_sigma0.25.onnx"
 DEFAULT_VIDEOS = "video_demo"
-VIDEO_DEMO_N = 500  # the shipped demo in about 1.5 minutes on 2 cores; the paper's n for user videos
+VIDEO_DEMO_N = 500  # the shipped demo in about 20 s on 2 cores; the paper's n for user videos
 VIDEO_PAPER_N = 1000
 VIDEO_VALUES_PER_CALL = 16 * 2**20
 
