@@ -10,9 +10,10 @@ the GIL. Copy j's noise is fixed by (seed, input, purpose, j) (noise.Gaussian), 
 depend on the number of loops, the batch size or the timing.
 
 On CUDA the session runs with IO binding: per loop, one device input buffer and one device votes
-buffer per batch shape (the full batch, and the remainders such as the n0 stage), bound once; per
-call only the noisy batch goes up and the int64 votes come down. With `device_noise_seed` the noise
-is drawn inside the graph instead (graph.with_device_noise), so nothing but the clean point goes up.
+buffer per batch shape (the full batch and the shrinking last calls of an input, the same few
+shapes for every input), bound once; per call only the noisy batch goes up and the int64 votes
+come down. With `device_noise_seed` the noise is drawn inside the graph instead
+(graph.with_device_noise) by a single loop, so nothing but the clean point goes up.
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ class VoteCounter:
         """`graph` is a sampling graph for `plan` (any plan with noise_shape and dense_offsets).
 
         `threads` is the number of CPU sampling loops (0: one per core); on CUDA it is the ORT
-        threads of the operators left on the CPU, and two loops run.
+        threads of the operators left on the CPU, and two loops run (one with device noise).
         `values_per_call`, where given, caps the noisy input or model input of the calls in flight
         at about that many floats by running fewer than `batch` copies per call for larger plans
-        (long videos). The counts depend on neither: the noise stream is consumed in batch order.
+        (long videos). The counts depend on neither: copy j's noise is fixed (noise.Gaussian).
         """
         self.plan = plan
         self.num_classes = num_classes
@@ -115,7 +116,9 @@ class VoteCounter:
         if self.device_noise:
             graph = with_device_noise(graph, plan.noise_shape, sigma, device_noise_seed)
         on_cuda = resolve_device(device) == "cuda"
-        self.loops = 2 if on_cuda else (threads or cpu_cores())
+        # In-graph noise leaves the host nothing to overlap, and one loop keeps the order of the
+        # calls, on which the session's generator depends, fixed: reproducible from the seed.
+        self.loops = 1 if self.device_noise else 2 if on_cuda else (threads or cpu_cores())
         self.session = make_session(graph.SerializeToString(), device, threads if on_cuda else 1)
         self.device = provider_name(self.session)
         if self.device_noise and self.device != "cuda":
