@@ -204,6 +204,8 @@ class VoteCounter:
         """
         per_call = self.copies_per_call(plan if plan is not None else self.plan)
         batches = iter(call_sizes(num, per_call, self.loops))
+        for key in [key for key in self._bindings if key[1][1:] != point.shape]:
+            del self._bindings[key]  # another video length: free its device buffers
         lock, stop = threading.Lock(), threading.Event()
 
         def sample(loop: int) -> np.ndarray:

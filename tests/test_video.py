@@ -260,6 +260,26 @@ def test_counts_do_not_depend_on_batch_or_length_cap(tmp_path):
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
+def test_io_binding_keeps_device_buffers_of_the_current_length_only(tmp_path):
+    """Bound buffers are per (loop, batch shape); a data set of many video lengths must not pile
+    them up (on CUDA each holds device memory)."""
+    model = load_model(mlp_model(tmp_path / "mlp.onnx"))
+    layout = vid.VideoLayout((3, 8, 8), chunk=4, subvideo=8, stride=2)
+    graph = vid.sampling_graph(model, layout)
+    plain = VoteCounter(graph, layout.probe, 3, batch=16, device="cpu")
+    bound = VoteCounter(graph, layout.probe, 3, batch=16, device="cpu", io_binding=True)
+    for frames in (30, 20):
+        plan = layout.plan(frames)
+        video = np.random.default_rng(frames).uniform(size=(3, frames, 8, 8)).astype(np.float32)
+        point = plan.noise_point(video, plan.index)
+        counts = [counter.count(point, plan.index, 40, 0.5, noise.Gaussian(0, 0, noise.ESTIMATION), plan=plan)
+                  for counter in (plain, bound)]
+        assert np.array_equal(*counts) and counts[0].sum() == 40
+        assert bound._bindings and all(shape[1:] == point.shape for _, shape in bound._bindings)
+    plain.close()
+    bound.close()
+
+
 # -- soundness: the exact linear reference -----------------------------------------------------------
 
 LIN_SHAPE = (1, 2, 2, 2)  # C, m, H, W of one chunk
