@@ -29,7 +29,10 @@ long video never needs more than a bounded batch of copies, never all n.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +117,21 @@ def _opencv_blocks(path: str):
         capture.release()
 
 
+@contextlib.contextmanager
+def _c_stderr_muted():
+    """Mute file descriptor 2 while decord opens a file: its C++ logger prints "ERROR opening …"
+    there before it raises, and srtool reports the raised reason itself, on one line or in the row."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def read_video(path: str, size_hw: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """All frames of a video as float32 C×T×H×W in [0,1] RGB, fitted to `size_hw` (None: as stored).
 
@@ -132,7 +150,8 @@ def read_video(path: str, size_hw: tuple[int, int] | None, channels: int = 3) ->
     if file.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
     try:
-        reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
+        with _c_stderr_muted():
+            reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
         frames = len(reader)
     except Exception as error:  # decord raises DECORDError/RuntimeError with multi-line texts
         raise VideoError(f"unreadable: decord cannot open it ({_decord_reason(error)})") from None
