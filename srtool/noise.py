@@ -61,8 +61,9 @@ class Gaussian:
         clean = clean.reshape(-1)
         values = copies.shape[1]
         rng = self._at(first_copy * uniforms_per_copy(values))
-        if values <= SEGMENT:  # small copies: whole copies in blocks of about SEGMENT values
-            per_block = SEGMENT // values
+        if values <= SEGMENT:  # small copies: whole copies in blocks of about SEGMENT values, even sizes
+            blocks = -(-len(copies) // (SEGMENT // values))
+            per_block = -(-len(copies) // blocks) if blocks else 1
             for start in range(0, len(copies), per_block):
                 _gaussian_segments(copies[start:start + per_block], clean, sigma, rng)
             return out
