@@ -66,7 +66,7 @@ def fmnist_case(folder: Path):
     """The shipped model and its training module."""
     from models.train_fashion_mnist import FashionCNN
 
-    return MODEL, FashionCNN().eval(), (1, 28, 28), 32
+    return MODEL, FashionCNN().eval(), (1, 28, 28), 32, (64, 100, 167, 250, 400, 1000)
 
 
 def cifar_resnet110_case(folder: Path):
@@ -84,7 +84,7 @@ def cifar_resnet110_case(folder: Path):
     onnx_path = folder / "cifar_resnet110.onnx"
     if smoothing.main([str(checkpoint), "--arch", arch.name, "--normalize", "normalize", "-o", str(onnx_path)]):
         raise SystemExit("export failed")
-    return onnx_path, net, (3, 32, 32), 36
+    return onnx_path, net, (3, 32, 32), 36, (16, 32, 64, 128)
 
 
 CASES = {"fmnist": fmnist_case, "cifar_resnet110": cifar_resnet110_case}
@@ -123,7 +123,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path, module, shape, resized = CASES[args.model](Path(tmp))
+        # the case: ONNX file, torch module, input shape, Smooth-Reduce resize, batches to sweep PyTorch over
+        onnx_path, module, shape, resized, torch_batches = CASES[args.model](Path(tmp))
         model = load_model(onnx_path)
         rows = []
         for batch in args.batch:
@@ -139,7 +140,7 @@ def main() -> None:
         # The PyTorch reference at its best batch too: on a CPU it is fastest well below 1000.
         torch_best = {patches: max((torch_reference_rate(module, shape, resized, batch, patches, 1.0,
                                                          args.threads) * patches, batch)
-                                   for batch in (64, 100, 167, 250, 400, 1000)) for patches in (1, 4)}
+                                   for batch in torch_batches) for patches in (1, 4)}
     memory = ({(batch, n): peak_rss_mb(n, batch) for batch in ("auto", "1000") for n in (1_000, 10_000, 100_000)}
               if args.model == "fmnist" else {})
 
@@ -159,7 +160,7 @@ def main() -> None:
               f"{result['pipeline_forward_per_s'] / torch_forward:.2f} | "
               f"{result['projected_s_per_input_n100k']:.1f} |")
     for patches, (forward, batch) in torch_best.items():
-        print(f"\nPyTorch reference at its best batch (of 64–1000), k={patches}: {forward:,.0f} forward "
+        print(f"\nPyTorch reference at its best batch (of {', '.join(map(str, torch_batches))}), k={patches}: {forward:,.0f} forward "
               f"passes/s at batch {batch}")
     for (batch, n), megabytes in memory.items():
         print(f"Peak RSS of `srtool certify --batch {batch}` on one input, n={n:,}: {megabytes:.0f} MB")
