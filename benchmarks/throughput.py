@@ -152,7 +152,8 @@ def main() -> None:
           "PyTorch reference (fwd/s) | srtool / PyTorch | s per input at n=100k |")
     print("|---|---|---|---|---|---|---|---|")
     for patches, result, reference in rows:
-        name = "RS" if patches == 1 else f"Smooth-Mean k=4 ({resized}→{shape[-1]} crops)"
+        side = shape[-1]
+        name = "RS" if patches == 1 else f"Smooth-Mean k=4 ({side}→{resized}, four {side}×{side} crops)"
         torch_forward = reference * patches
         print(f"| {name} | {result['batch']} | {result['raw_forward_per_s']:,.0f} | "
               f"{result['pipeline_forward_per_s']:,.0f} | "
