@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import noise
-from .engine import VoteCounter, cpu_cores, make_session, provider_name, resolve_device
+from .engine import VoteCounter, make_session, provider_name, resolve_device, sampling_loops
 from .graph import sampling_graph
 from .model import Model
 
@@ -45,7 +45,7 @@ def raw_model_steps(model: Model, views: int, device: str, threads: int,
     import onnxruntime as ort
 
     on_cuda = resolve_device(device) == "cuda"
-    loops = 2 if on_cuda else (threads or cpu_cores())
+    loops = sampling_loops(on_cuda, threads)
     batch = np.random.default_rng(0).random((views, *model.input_shape), dtype=np.float32)
     steps, provider = [], "cpu"
     for intra_op, concurrent in ((threads, 1), (threads if on_cuda else 1, loops)):

@@ -88,6 +88,13 @@ def call_sizes(num: int, per_call: int, loops: int) -> list[tuple[int, int]]:
     return calls
 
 
+def sampling_loops(on_cuda: bool, threads: int, device_noise: bool = False) -> int:
+    """How many sampling loops VoteCounter runs: one per core (or `threads`) on the CPU, two on
+    CUDA (one draws noise while the GPU runs the other's batch), one with in-graph noise (which
+    leaves the host nothing to overlap, and whose generator follows the order of the calls)."""
+    return 1 if device_noise else 2 if on_cuda else (threads or cpu_cores())
+
+
 def cpu_cores() -> int:
     """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -116,9 +123,7 @@ class VoteCounter:
         if self.device_noise:
             graph = with_device_noise(graph, plan.noise_shape, sigma, device_noise_seed)
         on_cuda = resolve_device(device) == "cuda"
-        # In-graph noise leaves the host nothing to overlap, and one loop keeps the order of the
-        # calls, on which the session's generator depends, fixed: reproducible from the seed.
-        self.loops = 1 if self.device_noise else 2 if on_cuda else (threads or cpu_cores())
+        self.loops = sampling_loops(on_cuda, threads, self.device_noise)
         self.session = make_session(graph.SerializeToString(), device, threads if on_cuda else 1)
         self.device = provider_name(self.session)
         if self.device_noise and self.device != "cuda":
