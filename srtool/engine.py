@@ -50,15 +50,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0):
-    """An inference session on `device`; fails loudly where CUDA was asked for and is not used."""
+def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0,
+                 session_options: dict | None = None, provider_options: dict | None = None):
+    """An inference session on `device`; fails loudly where CUDA was asked for and is not used.
+
+    `session_options` are attributes of onnxruntime.SessionOptions set after srtool's own (e.g.
+    graph_optimization_level); `provider_options` go to the CUDA provider (e.g. device_id).
+    """
     import onnxruntime as ort
 
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if resolve_device(device) == "cuda"
                  else ["CPUExecutionProvider"])
+    if provider_options and providers[0] == "CUDAExecutionProvider":
+        providers[0] = ("CUDAExecutionProvider", dict(provider_options))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    for name, value in (session_options or {}).items():
+        if not hasattr(options, name):
+            raise UsageError(f"onnxruntime.SessionOptions has no option {name!r}")
+        try:
+            setattr(options, name, value)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"session option {name}={value!r}: {str(error).splitlines()[0]}") from None
     try:
         session = ort.InferenceSession(model_bytes, options, providers=providers)
     except Exception as error:  # ORT raises its own exception types with multi-line texts
@@ -106,7 +120,8 @@ class VoteCounter:
     def __init__(self, graph: onnx.ModelProto, plan, num_classes: int, batch: int,
                  device: str = "auto", threads: int = 0, values_per_call: int | None = None,
                  io_binding: bool | None = None, device_noise_seed: int | None = None,
-                 sigma: float | None = None):
+                 sigma: float | None = None, session_options: dict | None = None,
+                 provider_options: dict | None = None):
         """`graph` is a sampling graph for `plan` (any plan with noise_shape and dense_offsets).
 
         `threads` is the number of CPU sampling loops (0: one per core); on CUDA it is the ORT
@@ -124,7 +139,8 @@ class VoteCounter:
             graph = with_device_noise(graph, plan.noise_shape, sigma, device_noise_seed)
         on_cuda = resolve_device(device) == "cuda"
         self.loops = sampling_loops(on_cuda, threads, self.device_noise)
-        self.session = make_session(graph.SerializeToString(), device, threads if on_cuda else 1)
+        self.session = make_session(graph.SerializeToString(), device, threads if on_cuda else 1,
+                                    session_options, provider_options)
         self.device = provider_name(self.session)
         if self.device_noise and self.device != "cuda":
             raise UsageError("--noise device needs --device cuda: ONNX Runtime's CPU RandomNormal "

@@ -42,19 +42,27 @@ def _static_dims(value_info) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
 
 
-def load_model(path: str | Path) -> Model:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"model not found: {path}")
-    raw = path.read_bytes()
+def load_model(source: str | Path | bytes) -> Model:
+    """A model from a file, or from serialized ONNX bytes (named `model` in messages and tables)."""
+    if isinstance(source, bytes):
+        path, raw = Path("model.onnx"), source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"model not found: {path}")
+        raw = path.read_bytes()
     try:
         proto = onnx.load_model_from_string(raw)
         if not proto.graph.node:
             raise ValueError("no graph")
         if any(init.data_location == TensorProto.EXTERNAL for init in proto.graph.initializer):
+            if isinstance(source, bytes):
+                raise ValueError("external data")
             proto = onnx.load(str(path))  # pulls the side .data file in beside it
     except Exception:
-        raise UsageError(f"{path} is not an ONNX model") from None
+        what = "the model bytes are not an ONNX model with its weights inside" if isinstance(source, bytes) \
+            else f"{path} is not an ONNX model"
+        raise UsageError(what) from None
 
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]

@@ -1,12 +1,12 @@
 """`--engine ray`: one run's inputs sharded over Ray actors, each holding one ONNX Runtime session.
 
-How it fits the local engine (cli._run):
-- The driver prepares the run exactly as the local engine does (every check, the ResultsWriter, the
+How it fits the local engine (core.start):
+- The driver starts the run exactly as the local engine does (every check, the ResultsWriter, the
   inputs still to do); only the execution loop is swapped: `RayEngine.execute` has the signature
   of `pipeline.run`, so the progress bar and the summary are the same code.
-- Each actor rebuilds the engine by running the command's own prepare function on the same options
-  (in the driver's folder where the node has it, else with the paths made absolute), so plan,
-  sampling graph, batch and settings are the driver's by construction; it then reports what it
+- Each actor receives the run's frozen description (core.Run) and rebuilds the engine from it with
+  core.start (in the driver's folder where the node has it, else with the paths made absolute), so
+  plan, sampling graph, batch and settings are the driver's by construction; it then reports what it
   sees (configuration, number of inputs, labels) and the driver refuses a worker that sees another
   model or dataset (a cluster node with other files).
 - An actor evaluates a shard (a short run of input indices) with `pipeline.evaluate` and yields
@@ -48,48 +48,14 @@ SHARDS_PER_WORKER = 8  # enough shards that the tail of the run stays balanced
 MAX_SHARD = 64
 STARTUP_SECONDS = 600  # a worker waits this long for its resources (and loads its model) at most
 LOCAL_OBJECT_STORE = 256 * 2**20  # rows are small; the store only needs room for a few of them
-# Options of the configuration that name files: a worker may see them under other (absolute) paths.
+# Fields of the configuration, and of core.Run, that name files: a worker may see them under other
+# (absolute) paths.
 PATH_KEYS = ("model", "dataset", "labels", "split")
-PATH_OPTIONS = ("model", "images", "videos", "labels", "split")
+PATH_FIELDS = ("model", "data", "labels", "split")
 # Test-only fault injection (tests/test_ray.py), read on the driver: "exit-after:K" makes worker 0's
 # first actor exit as it starts its (K+1)-th input, "poison:I" makes every actor exit on input I,
 # "kill-after:K" makes the driver ray.kill worker 0 after K rows have come back.
 FAULT_ENV = "SRTOOL_RAY_FAULT"
-
-
-def engine_options(function):
-    """--engine and the Ray options, for every command that runs through cli._run."""
-    options = [
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="Run here, or shard the inputs over Ray workers (docs/ray.md; "
-                          f"needs {INSTALL_HINT})."),
-        click.option("--address", default=None,
-                     help="Ray cluster to join (HEAD:6379, or 'auto'); default: a local Ray for this run."),
-        click.option("--workers", type=int, default=None,
-                     help="Ray workers (default: as many as the cluster's GPUs, or CPUs, allow)."),
-        click.option("--gpus-per-worker", type=float, default=None,
-                     help="GPUs per Ray worker (default: 1 where the cluster has GPUs and --device is "
-                          "not cpu, else 0)."),
-        click.option("--cpus-per-worker", type=float, default=None,
-                     help="CPUs per Ray worker (default 1); also its ONNX Runtime threads when --threads is 0."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def select_engine(mode: str, o: dict, prepare):
-    """(prepare, execute) for the run: the command's own with pipeline.run, or the Ray engine's."""
-    from .pipeline import run
-
-    if o.get("engine", "local") != "ray":
-        given = [f"--{name.replace('_', '-')}" for name in ("address", "workers", "gpus_per_worker",
-                                                             "cpus_per_worker") if o.get(name) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)}: for --engine ray only")
-        return prepare, run
-    engine = RayEngine(mode, o, prepare)
-    return engine.prepare, engine.execute
 
 
 def _import_ray():
@@ -149,24 +115,26 @@ def _reachable(address: str) -> bool:
 # -- the actor ---------------------------------------------------------------------------------------
 
 class Worker:
-    """One Ray actor: the command's engine rebuilt from its options; evaluates shards of inputs.
+    """One Ray actor: the run's engine rebuilt from its description; evaluates shards of inputs.
 
     Wrapped with ray.remote only when the engine runs, so importing this module never imports Ray.
     """
 
-    def __init__(self, mode: str, options: tuple[str, dict, dict], prepare,
-                 fault: tuple[str, int] | None = None):
+    def __init__(self, runs: tuple[str, object, object], fault: tuple[str, int] | None = None):
+        from .core import start
+
         # An error here would kill the actor and reach the driver as an opaque death, so it is kept
         # and reported by describe(): a worker that cannot start stops the run with its message.
         self.error, self.fault, self.started = None, fault, 0
-        folder, as_given, absolute = options
+        folder, as_given, absolute = runs
         if os.path.isdir(folder):  # the driver's folder (same machine, shared file system): paths as
             os.chdir(folder)       # given, so even the `path` column is the driver's, byte for byte
-            options = as_given
+            run = as_given
         else:
-            options = absolute
+            run = absolute
         try:
-            self.dataset, self.plan, self.counter, self.settings, _, _, self.config = prepare(mode, options)
+            self.job = start(run, worker=True)
+            self.config = self.job.config
         except UsageError as error:
             self.error = str(error)
         except Exception as error:
@@ -178,18 +146,20 @@ class Worker:
         where = f"{socket.gethostname()} (pid {os.getpid()})"
         if self.error is not None:
             return {"error": self.error, "where": where}
-        return {"error": None, "where": where, "device": self.counter.device,
-                "config": _comparable(self.config), "inputs": len(self.dataset),
-                "labels": _labels_digest(self.dataset.labels)}
+        job = self.job
+        return {"error": None, "where": where, "device": job.counter.device,
+                "config": _comparable(self.config), "inputs": len(job.dataset),
+                "labels": _labels_digest(job.dataset.labels)}
 
     def evaluate(self, indices: list[int]):
         from .pipeline import evaluate
 
+        job = self.job
         for index in indices:
             if self.fault in (("poison", index), ("exit-after", self.started)):  # test-only fault injection
                 os._exit(1)
             self.started += 1
-            yield evaluate(self.dataset[index], self.plan, self.counter, self.settings)
+            yield evaluate(job.dataset[index], job.plan, job.counter, job.settings)
 
 
 # -- the driver ----------------------------------------------------------------------------------------
@@ -220,15 +190,10 @@ def _parse_fault(text: str | None) -> tuple[str, int] | None:
 
 
 class RayEngine:
-    def __init__(self, mode: str, o: dict, prepare):
-        if o.get("workers") is not None and o["workers"] < 1:
-            raise UsageError("--workers must be at least 1")
-        if o.get("cpus_per_worker") is not None and not o["cpus_per_worker"] > 0:
-            raise UsageError("--cpus-per-worker must be positive")
-        if o.get("gpus_per_worker") is not None and not o["gpus_per_worker"] >= 0:
-            raise UsageError("--gpus-per-worker must be 0 or more")
-        self.mode, self.command_prepare = mode, prepare
-        self.address, self.quiet = o.get("address"), o.get("quiet", False)
+    def __init__(self, run, quiet: bool = False):
+        self.run = run  # the workers' description of the run (core.Run); ranges already checked
+        runtime = run.runtime
+        self.address, self.quiet = runtime.address, quiet
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
         if self.address is not None:  # checked now, before the driver writes anything
             if self.address.startswith("ray://"):
@@ -236,8 +201,8 @@ class RayEngine:
                                  "cluster); Ray Client (ray://) addresses are not supported")
             if not _reachable(self.address):  # Ray itself would retry for minutes before saying so
                 raise UsageError(f"cannot reach the Ray cluster at {self.address} (no head node listens there)")
-        self.requested_device = o["device"]
-        self.cpus = o.get("cpus_per_worker") or 1.0
+        self.requested_device = runtime.device
+        self.cpus = runtime.cpus_per_worker or 1.0
         self.ray = None
         self.started_ray = False
         self.slots: list[_Slot] = []
@@ -247,10 +212,6 @@ class RayEngine:
         if self.address is None and not self.already_up:
             self._local_auth()
         self.ray = _import_ray()  # fails here, before anything is written, when Ray is missing
-        # The driver's own session only checks that the model runs on the plan (and counts its
-        # classes); the actors do the work. On the CPU it never takes a GPU from a worker, and a
-        # head node without a GPU can drive GPU workers.
-        o["device"] = "cpu"
 
     @staticmethod
     def _local_auth() -> None:
@@ -279,40 +240,53 @@ class RayEngine:
             click.echo(f"ray: {message}", err=True)
 
     # -- start ---------------------------------------------------------------------------------------
-    def prepare(self, mode: str, o: dict):
-        """The command's prepare on the driver, then the workers (only if there is work to do)."""
-        prepared = self.command_prepare(mode, o)
-        dataset, _, _, _, _, todo, config = prepared
-        if todo:
+    def start(self):
+        """The run started on the driver as a local one, then the workers (only if there is work)."""
+        from dataclasses import replace
+
+        from .core import start
+
+        # The driver's own session only checks that the model runs on the plan (and counts its
+        # classes); the actors do the work. On the CPU it never takes a GPU from a worker, and a
+        # head node without a GPU can drive GPU workers.
+        driver = replace(self.run, runtime=replace(self.run.runtime, engine="local", address=None, workers=None,
+                                                   gpus_per_worker=None, cpus_per_worker=None, device="cpu"))
+        job = start(driver)
+        if job.todo:
             try:
-                self._start(o, config, dataset, len(todo))
+                self._start(job.config, job.dataset, len(job.todo))
             except BaseException:
                 self._stop()
+                job.close()
                 raise
-        return prepared
+        job.executor = self.execute
+        return job
 
-    def _worker_options(self, o: dict, gpus: float) -> tuple[str, dict, dict]:
-        """The driver's folder, its options, and the same with absolute paths for workers without it."""
+    def _worker_runs(self, gpus: float) -> tuple[str, object, object]:
+        """The driver's folder, the workers' run, and the same with absolute paths for workers without it."""
+        from dataclasses import replace
+
+        runtime = self.run.runtime
         # A worker without a GPU of its own must not try CUDA on a GPU node ('auto' would see one).
         device = "cpu" if self.requested_device == "auto" and not gpus else self.requested_device
-        worker = {**o, "engine": "local", "worker": True, "device": device, "quiet": True}
-        if not worker.get("threads"):  # one ORT thread per CPU Ray gives the actor, not per core
-            worker["threads"] = max(1, math.floor(self.cpus))
-        absolute = dict(worker)
-        for name in PATH_OPTIONS:
-            if absolute.get(name) is not None and Path(absolute[name]).exists():
-                absolute[name] = str(Path(absolute[name]).resolve())
+        # one ORT thread per CPU Ray gives the actor, not per core
+        threads = runtime.threads or max(1, math.floor(self.cpus))
+        worker = replace(self.run, runtime=replace(runtime, engine="local", address=None, workers=None,
+                                                   gpus_per_worker=None, cpus_per_worker=None,
+                                                   device=device, threads=threads))
+        absolute = replace(worker, **{name: str(Path(getattr(worker, name)).resolve()) for name in PATH_FIELDS
+                                      if getattr(worker, name) is not None and Path(getattr(worker, name)).exists()})
         return os.getcwd(), worker, absolute
 
-    def _start(self, o: dict, config: dict, dataset, inputs: int) -> None:
+    def _start(self, config: dict, dataset, inputs: int) -> None:
         ray = self.ray
         if self.already_up:
             where = "the Ray of this process"
         elif self.address is None:
             # A Ray for this run only: no dashboard; CPUs enough for the workers asked for.
             cpus = os.cpu_count() or 1
-            if o.get("workers"):
-                cpus = max(cpus, math.ceil(o["workers"] * self.cpus))
+            if self.run.runtime.workers:
+                cpus = max(cpus, math.ceil(self.run.runtime.workers * self.cpus))
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                      logging_level="WARNING", object_store_memory=LOCAL_OBJECT_STORE)
             self.started_ray, where = True, "a local Ray"
@@ -324,13 +298,13 @@ class RayEngine:
             self.started_ray, where = True, f"the Ray cluster at {self.address}"
         resources = ray.cluster_resources()
         gpus_there, cpus_there = resources.get("GPU", 0), resources.get("CPU", 0)
-        gpus = o.get("gpus_per_worker")
+        gpus = self.run.runtime.gpus_per_worker
         if gpus is None:
             gpus = 1.0 if gpus_there and self.requested_device != "cpu" else 0.0
         if self.requested_device == "cuda" and not gpus:
             raise UsageError("--device cuda needs GPUs for the Ray workers: the cluster has none, "
                              "or pass --gpus-per-worker")
-        workers = o.get("workers")
+        workers = self.run.runtime.workers
         if workers is None:
             fits = gpus_there // gpus if gpus else cpus_there // self.cpus
             workers = int(max(1, min(fits, inputs)))
@@ -341,7 +315,7 @@ class RayEngine:
         self.actor = ray.remote(Worker).options(
             num_cpus=self.cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD")  # one worker per node first: more memory and bus per worker
-        self.worker_options = self._worker_options(o, gpus)
+        self.worker_runs = self._worker_runs(gpus)
         self.expected = {"config": _comparable(config), "inputs": len(dataset),
                          "labels": _labels_digest(dataset.labels)}
         self.workers = workers
@@ -366,7 +340,7 @@ class RayEngine:
         first = self.replacements == 0 and number == 0
         fault = self.fault if self.fault and (self.fault[0] == "poison" or
                                               (self.fault[0] == "exit-after" and first)) else None
-        handle = self.actor.remote(self.mode, self.worker_options, self.command_prepare, fault)
+        handle = self.actor.remote(self.worker_runs, fault)
         return _Slot(number, handle, handle.describe.remote())
 
     def _check_started(self, slot: _Slot, described: dict) -> str:

@@ -1,8 +1,11 @@
 """Summaries of runs: the metrics of DESIGN §2, as a table, markdown, JSON, Cohen's TSV or a plot.
 
-Certified accuracy at radius r is mean(correct and radius ≥ r) over all inputs that were read
-(abstentions count as wrong); ACR is mean(correct · radius); the abstention rate is mean(predict = -1).
-Inputs that could not be read (an `error` row) are counted apart and left out of every mean.
+Certified accuracy at radius r is mean(correct and radius ≥ r) over the labelled inputs that were
+evaluated (abstentions count as wrong); ACR is mean(correct · radius) over the same inputs; the
+abstention rate is mean(predict = -1) over every evaluated input. Unlabelled inputs (label -1) have
+no accuracy: they are counted apart, and a run without labels shows predictions and radii only.
+Inputs that could not be evaluated (an `error` row) are counted apart and left out of every mean.
+Default radii scale with σ (0.5σ, σ, 1.5σ, 2σ), so a summary at σ = 0.05 is not all zeros.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ import pyarrow as pa
 from .errors import UsageError
 from .results import read_results
 
-DEFAULT_RADII = (0.25, 0.5, 0.75, 1.0)
+SIGMA_MULTIPLES = (0.5, 1.0, 1.5, 2.0)  # default report radii, in units of the run's σ
+
+
+def default_radii(config: dict) -> tuple[float, ...]:
+    sigma = config.get("sigma") or 0.5
+    return tuple(round(m * sigma, 6) for m in SIGMA_MULTIPLES)
 
 
 def method_name(config: dict) -> str:
@@ -37,15 +45,20 @@ def run_label(config: dict) -> str:
     return config.get("label") or f"{method_name(config)} σ={config.get('sigma'):g}"
 
 
-def summarize(table: pa.Table, config: dict, radii=DEFAULT_RADII) -> dict:
+def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) -> dict:
+    """The metrics of one run; `radii` default to multiples of its σ; `partial`: not finished."""
+    radii = tuple(radii) if radii is not None else default_radii(config)
     errors = np.array([e is not None for e in table.column("error").to_pylist()], dtype=bool)
     valid = ~errors
-    correct = np.array(table.column("correct").to_pylist(), dtype=bool)[valid]
-    predict = np.array(table.column("predict").to_pylist())[valid]
-    radius = np.array([r if r is not None else 0.0 for r in table.column("radius").to_pylist()])[valid]
+    labels = np.array(table.column("label").to_pylist(), dtype=np.int64)[valid]
+    labelled = labels >= 0
+    correct = np.array(table.column("correct").to_pylist(), dtype=bool)[valid][labelled]
+    predict = np.array(table.column("predict").to_pylist(), dtype=np.int64)[valid]
+    radius = np.array([r if r is not None else 0.0 for r in table.column("radius").to_pylist()])[valid][labelled]
     factors = [f for f in table.column("radius_factor").to_pylist() if f is not None]
-    count = int(valid.sum())
-    mean = (lambda a: float(np.mean(a))) if count else (lambda a: float("nan"))
+    count, scored = int(valid.sum()), int(labelled.sum())
+    nan = float("nan")
+    mean = (lambda a: float(np.mean(a))) if scored else (lambda a: nan)
     summary = {
         "run": run_label(config),
         "mode": config.get("command", "certify"),
@@ -55,15 +68,39 @@ def summarize(table: pa.Table, config: dict, radii=DEFAULT_RADII) -> dict:
         "noise_space": config.get("noise_space"),
         "n": config.get("n"),
         "inputs": count,
+        "labelled": scored,
+        "unlabelled": count - scored,
         "errors": int(errors.sum()),
+        "partial": partial,
         "accuracy": mean(correct),
-        "abstention": mean(predict == -1),
+        "abstention": float(np.mean(predict == -1)) if count else nan,
         "radius_factor": (min(factors) if factors else config.get("radius_factor")),
+        "radii": list(radii),
     }
     if summary["mode"] == "certify":
         summary["acr"] = mean(correct * radius)
         summary["certified"] = {f"{r:g}": mean(correct & (radius >= r)) for r in radii}
+        if count and not scored:  # no labels: what the radii are, not an accuracy
+            all_radius = np.array([r or 0.0 for r in table.column("radius").to_pylist()])[valid]
+            summary["mean_radius"] = float(np.mean(all_radius))
     return summary
+
+
+def summaries(loaded: list[tuple[pa.Table, dict, str]], radii=None) -> list[dict]:
+    """One summary per loaded run, all at the same radii (default: the first run's σ multiples),
+    each labelled so that runs of the same method and σ are told apart (by file name)."""
+    if radii is None:
+        radii = default_radii(loaded[0][1])
+    labels = [run_label(config) for _, config, _ in loaded]
+    labels = [f"{label} [{Path(path).stem}]" if labels.count(label) > 1 else label
+              for label, (_, _, path) in zip(labels, loaded)]
+    return [summarize(table, config, radii, partial=_partial(path)) | {"label": label, "file": path}
+            for (table, config, path), label in zip(loaded, labels)]
+
+
+def _partial(path) -> bool:
+    """A run still going or interrupted: its parts folder is there."""
+    return Path(f"{path}.parts").is_dir()
 
 
 def load(paths) -> list[tuple[pa.Table, dict, str]]:
@@ -80,19 +117,50 @@ def _pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.1f}%"
 
 
-def rows_for_display(summaries: list[dict], radii) -> tuple[list[str], list[list[str]]]:
-    """Short columns, so a summary fits an 80-column terminal; `acc` is certified accuracy at 0."""
+def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list[list[str]]]:
+    """Short columns, so a summary fits an 80-column terminal; `acc` is certified accuracy at 0
+    over the labelled inputs (`inputs` says how many are unlabelled, errors or still to do)."""
+    radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
     header = ["run", "n", "inputs", "acc", "abstain", "ACR", "factor"] + [f"@{r:g}" for r in radii]
     rows = []
     for s in summaries:
         factor = s["radius_factor"]
+        notes = [f"{s['unlabelled']} unlabelled"] if s.get("unlabelled") else []
+        notes += [f"+{s['errors']} err"] if s["errors"] else []
+        notes += ["partial"] if s.get("partial") else []
+        certified = s.get("certified") or {}
         row = [s.get("label") or s["run"], f"{s['n']:,}",
-               f"{s['inputs']}" + (f" (+{s['errors']} err)" if s["errors"] else ""),
+               f"{s['inputs']}" + (f" ({', '.join(notes)})" if notes else ""),
                _pct(s["accuracy"]), _pct(s["abstention"]),
                "-" if "acr" not in s else f"{s['acr']:.3f}",
                "-" if factor is None else f"{factor:.4g}"]
-        row += [_pct(s["certified"][f"{r:g}"]) if "certified" in s else "-" for r in radii]
+        row += [_pct(certified[f"{r:g}"]) if f"{r:g}" in certified else "-" for r in radii]
         rows.append(row)
+    return header, rows
+
+
+def per_input(results, errors_only: bool = False) -> tuple[list[str], list[list]]:
+    """`srtool show`: one row per input with class names where the model declares them."""
+    config = results.config
+    names = config.get("classes") or []
+
+    def name(index: int) -> str:
+        if index < 0:
+            return "abstain"
+        return names[index] if index < len(names) else str(index)
+
+    header = ["input", "label", "predict", "radius", "p_lower", "error"]
+    if config.get("command") == "predict":
+        header[3:5] = ["p_value"]
+    rows = []
+    for row in results.table.to_pylist():
+        if errors_only and row["error"] is None:
+            continue
+        where = row.get("path") or str(row["index"])
+        label = name(row["label"]) if row["label"] >= 0 else "-"
+        predicted = name(row["predict"]) if row["error"] is None else "-"
+        numbers = [row.get("p_value")] if config.get("command") == "predict" else [row["radius"], row["p_lower"]]
+        rows.append([where, label, predicted, *numbers, row["error"]])
     return header, rows
 
 
@@ -125,9 +193,10 @@ def plot(runs, out: str | Path) -> None:
     for table, config, label in runs:
         if config.get("command", "certify") != "certify":
             continue
-        ok = np.array([e is None for e in table.column("error").to_pylist()], dtype=bool)
+        ok = np.array([e is None and label >= 0 for e, label in
+                       zip(table.column("error").to_pylist(), table.column("label").to_pylist())], dtype=bool)
         correct = np.array(table.column("correct").to_pylist(), dtype=bool)[ok]
-        radius = np.array(table.column("radius").to_pylist(), dtype=float)[ok]
+        radius = np.array([r or 0.0 for r in table.column("radius").to_pylist()], dtype=float)[ok]
         if not len(radius):
             continue
         grid = np.linspace(0, max(radius.max(), 1e-6) * 1.05, 400)

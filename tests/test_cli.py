@@ -113,7 +113,9 @@ def test_unreadable_image_is_a_row_not_a_crash(tmp_path, make_linear, capsys):
     out = tmp_path / "r.parquet"
     code, _, err = srtool("certify", "--model", model, "--images", folder, "--n0", 5, "--n", 20, "--out", out,
                           "--quiet", capsys=capsys)
-    assert code == 0, err
+    # every row is saved, and the exit code and one line say that an input failed, and where to look
+    assert code == 2 and err.count("\n") == 1 and "1 of 3 inputs could not be evaluated" in err, err
+    assert f"srtool show {out} --errors" in err
     rows = read(out)[0].to_pylist()
     assert [r["error"] is None for r in rows] == [True, False, True]
     assert rows[1]["path"].endswith("b.png") and rows[1]["predict"] == -1

@@ -1,0 +1,283 @@
+"""The Python API: certify one numpy image in three lines, or a dataset in one call.
+
+    smooth = srtool.Smooth("model.onnx", sigma=0.25)
+    label, radius = smooth.certify(x, n0=100, n=100_000, alpha=0.001)      # Cohen's CERTIFY
+    results = srtool.certify("model.onnx", images="test_batch", sigma=0.25, out="runs/rs.parquet")
+
+`Smooth` mirrors Cohen et al.'s `Smooth` (code/core.py): `certify` and `predict` on one C×H×W image,
+or on a batch N×C×H×W, which gives arrays (as IBM ART does). It runs the same plan, sampling graph,
+engine and statistics as the command line (srtool.core, srtool.pipeline), so the same seed gives
+the same numbers: the image at position i of a batch uses the noise streams of input `index + i`,
+as the command line uses those of dataset index i. `certify` / `predict` at module level run a
+whole dataset through core.Run with the command line's resumable writer and return `Results`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import core
+from .errors import UsageError
+from .stats import ABSTAIN
+
+__all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify", "predict", "read_results",
+           "shipped"]
+
+
+def shipped(name: str = core.DEFAULT_MODEL) -> Path:
+    """The path of a file shipped with srtool: the models (fmnist_cnn_sigma0.12/0.25/0.50.onnx,
+    video_demo_sigma0.25.onnx), the Fashion-MNIST sample (fashion_mnist_sample.npz), video_demo/."""
+    path = core.asset(name)
+    core.check(path.exists(), f"srtool ships no {name}")
+    return path
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """CERTIFY's answer; `label, radius = cert` as Cohen's tuple. Arrays for a batch of images."""
+    label: int | np.ndarray  # the class, or ABSTAIN (-1)
+    radius: float | np.ndarray  # certified ℓ2 radius in the input's [0,1] pixel space; 0 when abstaining
+    p_lower: float | np.ndarray  # lower confidence bound on the selected class's probability
+    count: int | np.ndarray  # estimation votes for the selected class
+    counts: np.ndarray  # estimation votes per class (N×classes for a batch)
+    n: int | np.ndarray  # estimation copies drawn
+    radius_factor: float | np.ndarray  # what the plan's noise space multiplies Cohen's radius by
+
+    def __iter__(self):
+        return iter((self.label, self.radius))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """PREDICT's answer: the class or ABSTAIN, the binomial test's p-value, the votes."""
+    label: int | np.ndarray
+    p_value: float | np.ndarray
+    count: int | np.ndarray
+    counts: np.ndarray
+    n: int | np.ndarray
+
+    def __iter__(self):
+        return iter((self.label, self.p_value))
+
+
+def _load(model):
+    """A Model from a path, serialized bytes or an onnx.ModelProto."""
+    from .model import load_model
+
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return load_model(bytes(model))
+    if isinstance(model, (str, Path)):
+        return load_model(model)
+    raise UsageError(f"model must be a path, bytes or an onnx.ModelProto, not {type(model).__name__}")
+
+
+class Smooth:
+    """The smoothed classifier of an ONNX image model: randomized smoothing, or Smooth-Reduce with
+    `patches` > 1 (or a resize / patch size). Sessions are built per input shape and batch size and
+    kept; `close()` (or a `with` block) frees them."""
+
+    def __init__(self, model, sigma: float | None = None, *, patches: int = 1, patch_size: int | None = None,
+                 resize: int | None = None, sampling: str = "dense", reduce: str = "mean",
+                 noise_space: str = "input", device: str = "auto", seed: int = 0, threads: int = 0,
+                 noise: str = "host", session_options: dict | None = None, provider_options: dict | None = None):
+        self.plan_spec = core.ImagePlan(patches=patches, patch_size=patch_size, resize=resize, sampling=sampling,
+                                        reduce=reduce, noise_space=noise_space)
+        self.runtime = core.Runtime(device=device, noise=noise, threads=threads,
+                                    session_options=dict(session_options or {}),
+                                    provider_options=dict(provider_options or {}))
+        core.Statistics(sigma=sigma, seed=seed)  # the same checks and messages as the command line
+        self.model = _load(model)
+        core.image_model_shape(self.model)
+        self.sigma = sigma if sigma is not None else self.model.trained_sigma
+        core.check(self.sigma is not None, "sigma is required (the model has no srtool.sigma metadata)")
+        self.seed = seed
+        self._engines: dict = {}  # (input shape, batch) → (plan, VoteCounter)
+
+    # -- Cohen's two procedures ------------------------------------------------------------------------
+    def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch_size: int | str = "auto",
+                index: int = 0) -> Certificate:
+        """CERTIFY x (C×H×W, or N×C×H×W for arrays): label, certified radius, and the evidence."""
+        rows = self._evaluate(x, core.Statistics(mode="certify", sigma=self.sigma, alpha=alpha, n0=n0, n=n,
+                                                 seed=self.seed), batch_size, index)
+        return _gather(Certificate, rows, x, label="predict", radius="radius", p_lower="p_lower", count="count",
+                       counts="counts", n="n", radius_factor="radius_factor")
+
+    def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int | str = "auto",
+                index: int = 0) -> Prediction:
+        """PREDICT x: the smoothed class, or ABSTAIN when the binomial test does not pass at alpha."""
+        rows = self._evaluate(x, core.Statistics(mode="predict", sigma=self.sigma, alpha=alpha, n=n,
+                                                 seed=self.seed), batch_size, index)
+        return _gather(Prediction, rows, x, label="predict", p_value="p_value", count="count", counts="counts", n="n")
+
+    # -- one pipeline, as the command line's -----------------------------------------------------------
+    def _evaluate(self, x, statistics: core.Statistics, batch_size, index: int) -> list[dict]:
+        from .data import Item
+        from .pipeline import evaluate
+
+        core.check(isinstance(index, (int, np.integer)) and index >= 0, "index must be 0 or more")
+        core.Runtime(batch=batch_size)  # checked like --batch
+        images = self._images(x)
+        run = core.Run(plan=self.plan_spec, statistics=statistics, runtime=self.runtime)
+        settings = core.settings_for(run, self.model)
+        rows = []
+        for offset, image in enumerate(images):
+            plan, counter = self._engine(image.shape, batch_size, run, settings)
+            row = evaluate(Item(index + offset, -1, image), plan, counter, settings)
+            if row["error"] is not None:
+                raise UsageError(row["error"])
+            rows.append(row)
+        return rows
+
+    def _images(self, x) -> list[np.ndarray]:
+        """x as float32 C×H×W images in [0,1] with the model's channels."""
+        from .data import PixelError, conform, to_unit_chw
+
+        x = np.asarray(x)
+        core.check(x.ndim in (3, 4), f"x must be one C×H×W image or a batch N×C×H×W, not shape {x.shape}")
+        core.check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
+                   f"x must hold uint8 (0–255) or float ([0,1]) pixels, not {x.dtype}")
+        channels = self.model.input_shape[0] if self.model.input_shape else None
+        images = []
+        for image in (x if x.ndim == 4 else x[None]):
+            core.check(image.shape[0] in (1, 3, 4), f"x must be C×H×W with 1, 3 or 4 channels first, "
+                                                    f"not {'×'.join(map(str, image.shape))}")
+            try:  # as H×W×C, which to_unit_chw reads without guessing the layout
+                unit = to_unit_chw(np.moveaxis(image, 0, -1))
+            except PixelError as error:
+                raise UsageError(f"x: {error}") from None
+            images.append(conform(unit, channels, None))
+        return images
+
+    def _engine(self, shape, batch_size, run: core.Run, settings):
+        key = (shape, batch_size, settings.n if batch_size == "auto" else None)
+        if key not in self._engines:
+            from .graph import sampling_graph
+
+            plan = core.image_plan(self.plan_spec, self.model, shape)
+            run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch_size))
+            counter = core.vote_counter(run, self.model, sampling_graph(self.model, plan), plan, settings)
+            self._engines[key] = plan, counter
+        return self._engines[key]
+
+    def close(self) -> None:
+        for _, counter in self._engines.values():
+            counter.close()
+        self._engines.clear()
+
+    def __enter__(self) -> "Smooth":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _gather(kind, rows: list[dict], x, **columns):
+    """One answer from one row; for a batch, each field as an array over the rows."""
+    if np.asarray(x).ndim == 3:
+        row = rows[0]
+        return kind(**{field: (np.asarray(row[c]) if c == "counts" else row[c]) for field, c in columns.items()})
+    return kind(**{field: np.array([row[c] if row[c] is not None else np.nan for row in rows])
+                   for field, c in columns.items()})
+
+
+# -- datasets -----------------------------------------------------------------------------------------
+
+class Results:
+    """A results file: the table, its configuration, and the summary metrics of srtool report."""
+
+    def __init__(self, table, config: dict, path: str | Path | None = None, partial: bool = False):
+        self.table = table  # pyarrow.Table with the public columns
+        self.config = config
+        self.path = Path(path) if path is not None else None
+        self.partial = partial  # an interrupted (or still running) run: rows so far
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __repr__(self) -> str:
+        state = ", partial" if self.partial else ""
+        return f"Results({self.path}, {len(self)} rows{state})"
+
+    def to_pandas(self):
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            raise UsageError("to_pandas needs pandas: pip install 'srtool[pandas]'") from None
+        return self.table.to_pandas()
+
+    def summary(self, radii=None) -> dict:
+        """Accuracy over labelled inputs, abstention, ACR and certified accuracy at `radii`
+        (default 0.5σ, σ, 1.5σ, 2σ), as srtool report computes them."""
+        from .report import summarize
+        return summarize(self.table, self.config, radii, partial=self.partial)
+
+    def certified_accuracy(self, radius: float) -> float:
+        return self.summary([radius])["certified"][f"{radius:g}"]
+
+    def acr(self) -> float:
+        return self.summary([])["acr"]
+
+
+def read_results(path: str | Path) -> Results:
+    """A finished run, or the rows so far of one still running or interrupted (`partial`)."""
+    from . import results
+    from .report import _partial
+
+    table, config = results.read_results(path)
+    return Results(table, config, path, partial=_partial(path))
+
+
+def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
+    """A core.Run from the keyword arguments of certify / predict (the command line's options)."""
+    core.check(images is None or videos is None, "give images or videos, not both")
+    kind = "videos" if videos is not None else "images"
+    sections = {name: {} for name in ("plan", "statistics", "runtime", "output")}
+    owners = {"plan": core.ImagePlan if kind == "images" else core.VideoPlan, "statistics": core.Statistics,
+              "runtime": core.Runtime, "output": core.Output}
+    top = {}
+    for key, value in kwargs.items():
+        section = next((s for s, cls in owners.items() if key in cls.__dataclass_fields__), None)
+        if key in ("labels", "split"):
+            top[key] = value
+        elif section is None or key == "mode":
+            raise UsageError(f"unknown argument {key!r}")
+        else:
+            sections[section][key] = value
+    return core.Run(kind=kind, model=None if model is None else str(model), data=None if (images or videos) is None
+                    else str(images if images is not None else videos), **top,
+                    plan=owners["plan"](**sections["plan"]),
+                    statistics=core.Statistics(mode=mode, **sections["statistics"]),
+                    runtime=core.Runtime(**sections["runtime"]), output=core.Output(**sections["output"]))
+
+
+def certify(model=None, images=None, videos=None, progress: bool = False, **options) -> Results:
+    """CERTIFY every input of a dataset, as `srtool certify` / `srtool video` does, into a resumable
+    Parquet file (`out`, default under runs/). Options are the command line's, in Python spelling:
+    sigma, alpha, n0, n, seed, patches, patch_size, resize, sampling, reduce, noise_space,
+    image_size (images); subvideo, chunk, stride, short, split (videos); batch, device, noise,
+    threads, engine, …; out, overwrite, skip, max; labels."""
+    return _execute(_run("certify", model, images, videos, options), progress)
+
+
+def predict(model=None, images=None, videos=None, progress: bool = False, **options) -> Results:
+    """PREDICT every input of a dataset (Cohen's smoothed prediction with abstention); as certify."""
+    return _execute(_run("predict", model, images, videos, options), progress)
+
+
+def _execute(run: core.Run, progress: bool) -> Results:
+    from .progress import execute_with_progress
+
+    job = core.start(run, quiet=not progress)
+    try:
+        execute_with_progress(job) if progress else job.execute()
+    finally:
+        job.close()
+    table = job.finish()
+    return Results(table, job.config, job.writer.path)

@@ -1,0 +1,421 @@
+"""The library core: one frozen description of a run, and the functions that turn it into a pipeline.
+
+    Run (what to certify, how: frozen, validated once)
+      → start(run): model, dataset, plan, sampling graph, engine, results writer, inputs to do
+      → Job.execute(on_row): pipeline.run, or the Ray engine's loop
+      → Job.finish(): the single Parquet table
+
+The command line parses its options into a `Run` and prints; the Python API (srtool.api) builds
+one from keyword arguments; `--engine ray` ships the `Run` itself to its workers, which rebuild the
+same engine from it. Every check happens in the dataclasses' `__post_init__` (ranges, choices) or in
+`start` (what needs the model or the data), and raises a one-line UsageError before anything is
+written. Messages name the command-line option, since that is how most users meet them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import UsageError
+
+ASSETS = resources.files("srtool") / "assets"
+DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
+DEFAULT_IMAGES = "fashion_mnist_sample.npz"
+DEFAULT_VIDEO_MODEL = "video_demo_sigma0.25.onnx"
+DEFAULT_VIDEOS = "video_demo"
+# n for the shipped data (the default image run takes about 16 s on 2 cores, the video demo about
+# 20 s) and for the user's own (Cohen et al.'s n for images, the paper's video setting).
+DEMO_N = {"images": 1000, "videos": 500}
+PAPER_N = {"images": 100_000, "videos": 1000}
+DEFAULT_N0 = {"images": 100, "videos": 10}
+# Views per ONNX Runtime call for --batch auto, in float32 values of model input: on CUDA about 64 M,
+# so the GPU gets big calls; on the CPU about 128 K, so a call's input and first activations stay in
+# the core's caches (the shipped model runs 17% faster at 128 copies per call than at 1000).
+AUTO_BATCH_VALUES = {"cuda": 64 * 2**20, "cpu": 2**17}
+# Videos: for --batch auto a cap of 16 M floats (64 MB) of noisy video or model input per call, so
+# the copies per call shrink as videos get longer (a 300-frame 112×112 video runs one copy per call).
+VIDEO_VALUES_PER_CALL = 16 * 2**20
+
+KINDS = ("images", "videos")
+MODES = ("certify", "predict")
+
+
+def asset(name: str) -> Path:
+    return Path(str(ASSETS / name))
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _choice(value, choices, option: str) -> None:
+    check(value in choices, f"{option} must be one of {', '.join(map(str, choices))}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
+
+
+def _positive_or_none(value, option: str) -> None:
+    check(value is None or (_is_int(value) and value >= 1), f"{option} must be a positive integer")
+
+
+# -- the description of a run ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """How an image becomes the views the base model sees (Smooth-Reduce; patches=1 is plain RS)."""
+    patches: int = 1
+    patch_size: int | None = None  # default: the model's input size
+    resize: int | None = None  # shorter side, in the graph, before cutting patches
+    sampling: str = "dense"
+    reduce: str = "mean"
+    noise_space: str = "input"
+    image_size: int | None = None  # resize on load (shorter side, centre crop); certificates hold for it
+
+    def __post_init__(self):
+        from .plan import NOISE_SPACES, REDUCERS, SAMPLINGS
+        check(_is_int(self.patches) and self.patches >= 1, "--patches must be at least 1")
+        _positive_or_none(self.patch_size, "--patch-size")
+        _positive_or_none(self.resize, "--resize")
+        _positive_or_none(self.image_size, "--image-size")
+        _choice(self.sampling, SAMPLINGS, "--sampling")
+        _choice(self.reduce, REDUCERS, "--reduce")
+        _choice(self.noise_space, NOISE_SPACES, "--noise-space")
+
+    @property
+    def smooth_reduce(self) -> bool:
+        return self.patches > 1 or self.resize is not None or self.patch_size is not None
+
+    def tag(self) -> str:
+        """Short name for default output files: rs, mean4-input, …"""
+        return f"{self.reduce}{self.patches}-{self.noise_space}" if self.smooth_reduce else "rs"
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """How a video becomes sub-videos of chunks (the paper's Smooth-Reduce-(t, m); None: whole video)."""
+    subvideo: int | None = None  # frames per sub-video, a multiple of chunk; None: RS of the whole video
+    chunk: int | None = None  # default: the model's frames
+    stride: int | None = None  # default: half a sub-video
+    reduce: str = "mean"
+    noise_space: str = "input"
+    short: str = "error"  # a video shorter than one sub-video: an error row, or "loop" from its start
+
+    def __post_init__(self):
+        from .plan import REDUCERS
+        _positive_or_none(self.subvideo, "--subvideo")
+        _positive_or_none(self.chunk, "--chunk")
+        _positive_or_none(self.stride, "--stride")
+        _choice(self.reduce, REDUCERS, "--reduce")
+        _choice(self.noise_space, ("input", "patch"), "--noise-space")
+        _choice(self.short, ("error", "loop"), "--short")
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What decides the numbers: CERTIFY or PREDICT, σ, α, sample sizes and the seed of the noise."""
+    mode: str = "certify"
+    sigma: float | None = None  # default: the model's srtool.sigma
+    alpha: float = 0.001
+    n0: int | None = None  # default 100 (images) or 10 (videos); unused by predict
+    n: int | None = None  # default Cohen's 100,000 (images) or 1,000 (videos); less on the shipped data
+    seed: int = 0
+
+    def __post_init__(self):
+        _choice(self.mode, MODES, "mode")
+        check(self.sigma is None or (_is_number(self.sigma) and self.sigma > 0), "--sigma must be positive")
+        check(_is_number(self.alpha) and 0 < self.alpha < 1, "--alpha must lie strictly between 0 and 1")
+        check(self.n is None or (_is_int(self.n) and self.n >= 1), "--n must be at least 1")
+        check(self.n0 is None or (_is_int(self.n0) and self.n0 >= 1), "--n0 must be at least 1")
+        check(_is_int(self.seed) and 0 <= self.seed < 2**63, "--seed must be an integer from 0 to 2^63-1")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how fast: none of it changes a number in the table."""
+    batch: int | str = "auto"  # noisy copies per ONNX Runtime call
+    device: str = "auto"
+    noise: str = "host"  # or "device": drawn inside the graph on the GPU
+    threads: int = 0  # CPU sampling loops (0: one per core)
+    engine: str = "local"  # or "ray"
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+    session_options: dict = field(default_factory=dict, compare=False, hash=False)  # onnxruntime.SessionOptions attributes
+    provider_options: dict = field(default_factory=dict, compare=False, hash=False)  # e.g. {"device_id": 1} for CUDA
+
+    def __post_init__(self):
+        from .engine import DEVICES
+        check(self.batch == "auto" or (_is_int(self.batch) and self.batch >= 1),
+              "--batch must be a positive integer or 'auto'")
+        _choice(self.device, DEVICES, "--device")
+        _choice(self.noise, ("host", "device"), "--noise")
+        check(_is_int(self.threads) and self.threads >= 0, "--threads must be 0 (automatic) or more")
+        _choice(self.engine, ("local", "ray"), "--engine")
+        if self.engine != "ray":
+            given = [f"--{name.replace('_', '-')}" for name in ("address", "workers", "gpus_per_worker",
+                                                                 "cpus_per_worker") if getattr(self, name) is not None]
+            check(not given, f"{', '.join(given)}: for --engine ray only")
+        check(self.workers is None or (_is_int(self.workers) and self.workers >= 1), "--workers must be at least 1")
+        check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "--cpus-per-worker must be positive")
+        check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "--gpus-per-worker must be 0 or more")
+
+
+@dataclass(frozen=True)
+class Output:
+    """Which inputs, and where their rows go."""
+    out: str | None = None  # default: runs/<model>-<mode>-<what differs>.parquet
+    overwrite: bool = False
+    skip: int = 1
+    max: int | None = None  # stop before this input index
+
+    def __post_init__(self):
+        check(_is_int(self.skip) and self.skip >= 1, "--skip must be at least 1")
+        check(self.max is None or (_is_int(self.max) and self.max >= 0), "--max must be 0 or more")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: model, data source, plan, statistics, runtime and output. Frozen; checked on creation."""
+    kind: str = "images"  # or "videos"
+    model: str | None = None  # default: the shipped model for the kind
+    data: str | None = None  # images or videos; default: the shipped sample / demo
+    labels: str | None = None  # CSV of filename,label for a flat folder
+    split: str | None = None  # videos: UCF-101 split list
+    plan: ImagePlan | VideoPlan | None = None  # default: RS of the whole input
+    statistics: Statistics = field(default_factory=Statistics)
+    runtime: Runtime = field(default_factory=Runtime)
+    output: Output = field(default_factory=Output)
+
+    def __post_init__(self):
+        _choice(self.kind, KINDS, "kind")
+        if self.plan is None:
+            object.__setattr__(self, "plan", ImagePlan() if self.kind == "images" else VideoPlan())
+        expected = ImagePlan if self.kind == "images" else VideoPlan
+        check(isinstance(self.plan, expected), f"a {self.kind} run takes a {expected.__name__}")
+        check(self.kind == "videos" or self.split is None, "--split applies to videos")
+
+    @property
+    def demo(self) -> bool:
+        """Running on the shipped data: the smaller default n."""
+        return self.data is None
+
+    def replace(self, **sections) -> "Run":
+        return dataclasses.replace(self, **sections)
+
+
+# -- from the description to a pipeline ------------------------------------------------------------
+
+@dataclass
+class Job:
+    """A started run: everything checked and built, the writer open; `execute` does the work."""
+    run: Run
+    dataset: object
+    plan: object  # a Plan (images) or a VideoLayout (videos: one plan per length)
+    counter: object  # engine.VoteCounter
+    settings: object  # pipeline.Settings
+    writer: object  # results.ResultsWriter, None in a Ray worker
+    todo: list[int]
+    config: dict
+    executor: Callable = None  # pipeline.run's signature: local, or the Ray engine's loop
+
+    def execute(self, on_row: Callable[[dict], None] = lambda row: None) -> None:
+        """Evaluate every input still to do, writing each row as it is done; Ctrl-C keeps them."""
+        try:
+            self.executor(self.dataset, self.todo, self.plan, self.counter, self.settings, self.writer, on_row)
+        except KeyboardInterrupt:
+            self.writer.flush()  # every finished input is kept; the same run resumes
+            raise
+
+    def finish(self):
+        """The single results table (pyarrow), sorted by index; the engine is closed."""
+        self.close()
+        return self.writer.finish()
+
+    def close(self) -> None:
+        self.counter.close()
+
+
+def start(run: Run, worker: bool = False, quiet: bool = False) -> Job:
+    """Check every input and option and build plan, engine and writer; nothing is written before.
+
+    `worker` (a Ray worker rebuilding the driver's engine): no writer, no inputs to do. `quiet`:
+    the Ray engine says nothing about its workers.
+    """
+    if run.runtime.engine == "ray" and not worker:
+        from .ray_engine import RayEngine
+        return RayEngine(run, quiet).start()
+    from .pipeline import run as run_locally
+    job = _prepare_images(run, worker) if run.kind == "images" else _prepare_videos(run, worker)
+    job.executor = run_locally
+    return job
+
+
+def load_run_model(run: Run):
+    from .model import load_model
+    return load_model(run.model or asset(DEFAULT_MODEL if run.kind == "images" else DEFAULT_VIDEO_MODEL))
+
+
+def settings_for(run: Run, model):
+    """The statistical settings with the model's and the data's defaults filled in."""
+    from .pipeline import Settings
+
+    s = run.statistics
+    sigma = s.sigma if s.sigma is not None else model.trained_sigma
+    check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
+    n = s.n if s.n is not None else (DEMO_N if run.demo else PAPER_N)[run.kind]
+    n0 = (s.n0 if s.n0 is not None else DEFAULT_N0[run.kind]) if s.mode == "certify" else 0
+    return Settings(mode=s.mode, sigma=float(sigma), alpha=float(s.alpha), n0=n0, n=n, seed=int(s.seed))
+
+
+def image_model_shape(model) -> tuple[int, int, int] | None:
+    shape = model.input_shape
+    check(shape is None or len(shape) == 3, f"{model.path.name} takes videos (N×C×T×H×W); use srtool video")
+    return shape
+
+
+def image_plan(spec: ImagePlan, model, input_shape: tuple[int, int, int]):
+    """The Plan for inputs of `input_shape` from the plan options and the model's input size."""
+    from .plan import Plan
+
+    model_shape = image_model_shape(model)
+    h, w = input_shape[1:]
+    if spec.patch_size is not None:
+        patch_hw = (spec.patch_size, spec.patch_size)
+        if model_shape is not None and tuple(model_shape[1:]) != patch_hw:
+            raise UsageError(f"--patch-size {patch_hw[0]} does not fit the model, which takes "
+                             f"{model_shape[1]}×{model_shape[2]}")
+    elif model_shape is not None:
+        patch_hw = tuple(model_shape[1:])
+    else:
+        raise UsageError(f"{model.path.name} does not declare its input size; pass --patch-size")
+    if spec.resize is not None:
+        scale = spec.resize / min(h, w)
+        resized_hw = (round(h * scale), round(w * scale))
+    else:
+        resized_hw = (h, w)
+    if not spec.smooth_reduce and patch_hw != (h, w):
+        raise UsageError(f"images are {h}×{w} but the model takes {patch_hw[0]}×{patch_hw[1]}; pass "
+                         f"--image-size {patch_hw[0]} to resize on load, or --patch-size/--patches to crop")
+    return Plan(input_shape=tuple(input_shape), patch_hw=patch_hw, resized_hw=resized_hw, patches=spec.patches,
+                sampling=spec.sampling, reduce=spec.reduce, noise_space=spec.noise_space)
+
+
+def auto_batch(plan, n: int, device: str) -> int:
+    """Noisy copies per call so that one call's model input stays near AUTO_BATCH_VALUES floats."""
+    from .engine import resolve_device
+
+    per_copy = max(int(np.prod(plan.view_shape)) * plan.views_per_copy, int(np.prod(plan.noise_shape)))
+    return int(max(1, min(1000, AUTO_BATCH_VALUES[resolve_device(device)] // per_copy, n)))
+
+
+def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | None = None):
+    """The engine for `graph`: batch size resolved, noise mode and ORT options applied."""
+    from .engine import VoteCounter, make_session
+    from .model import infer_num_classes
+
+    rt = run.runtime
+    batch = auto_batch(plan, settings.n, rt.device) if rt.batch == "auto" else int(rt.batch)
+    num_classes = infer_num_classes(model, make_session)
+    return VoteCounter(graph, plan, num_classes, batch, rt.device, rt.threads,
+                       values_per_call=values_per_call if rt.batch == "auto" else None,
+                       device_noise_seed=settings.seed if rt.noise == "device" else None,
+                       sigma=settings.sigma, session_options=rt.session_options,
+                       provider_options=rt.provider_options)
+
+
+def default_out(run: Run, model, settings, method: str, input_shape) -> Path:
+    """runs/<model>-<mode>-sigma<σ>-<method>-n<n>-<size>[-<noise>].parquet: every setting that
+    usually differs between runs of one model is in the name, so two runs rarely collide."""
+    size = "x".join(map(str, input_shape[-2:]))
+    noise = "-device-noise" if run.runtime.noise == "device" else ""
+    return Path("runs") / f"{model.name}-{settings.mode}-sigma{settings.sigma:g}-{method}-n{settings.n}-{size}{noise}.parquet"
+
+
+def _launch(run: Run, model, dataset, plan, graph, settings, method: str, extra: dict, worker: bool,
+            values_per_call: int | None = None) -> Job:
+    """Engine, results writer and the inputs still to do: the last step before any work."""
+    from .data import check_labels
+    from .results import ResultsWriter
+
+    counter = vote_counter(run, model, graph, plan, settings, values_per_call)
+    check_labels(dataset, counter.num_classes)
+    config = {
+        "command": settings.mode, "sigma": settings.sigma, "alpha": settings.alpha,
+        "n0": settings.n0 if settings.mode == "certify" else None, "n": settings.n, "seed": settings.seed,
+        "noise": run.runtime.noise, **plan.describe(), **extra,
+        "model": str(model.path), "model_sha256": model.sha256, "num_classes": counter.num_classes,
+        "classes": model.classes or dataset.class_names,
+        "dataset": str(Path(dataset.source).resolve()), "labels": run.labels,
+        "version": __version__, "device": counter.device, "batch": counter.batch, "threads": run.runtime.threads,
+        "skip": run.output.skip, "max": run.output.max,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if worker:  # a Ray worker rebuilding the driver's engine: only the driver writes
+        return Job(run, dataset, plan, counter, settings, None, [], config)
+    out = Path(run.output.out) if run.output.out else default_out(run, model, settings, method, plan.input_shape)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = ResultsWriter(out, config, overwrite=run.output.overwrite)
+    except BaseException:
+        counter.close()
+        raise
+    stop = len(dataset) if run.output.max is None else min(len(dataset), run.output.max)
+    done = writer.done_indices
+    todo = [i for i in range(0, stop, run.output.skip) if i not in done]
+    return Job(run, dataset, plan, counter, settings, writer, todo, config)
+
+
+def _prepare_images(run: Run, worker: bool) -> Job:
+    from .data import align_labels, open_images
+    from .graph import sampling_graph
+
+    model = load_run_model(run)
+    dataset = open_images(run.data or asset(DEFAULT_IMAGES), run.labels)
+    align_labels(dataset, model.classes)
+    settings = settings_for(run, model)
+    spec = run.plan
+    model_shape = image_model_shape(model)
+    dataset.channels = model_shape[0] if model_shape else None
+    dataset.size = spec.image_size
+    # The run's input shape: the first readable image, converted as the model and options ask.
+    first = next((item for item in (dataset[i] for i in range(min(len(dataset), 32))) if item.image is not None), None)
+    check(first is not None, f"{dataset.source}: none of the first images could be read")
+    plan = image_plan(spec, model, first.image.shape)
+    graph = sampling_graph(model, plan)
+    return _launch(run, model, dataset, plan, graph, settings, spec.tag(), {"image_size": spec.image_size}, worker)
+
+
+def _prepare_videos(run: Run, worker: bool) -> Job:
+    from . import video as vid
+
+    model = load_run_model(run)
+    dataset = vid.open_videos(run.data or asset(DEFAULT_VIDEOS), run.labels, run.split)
+    vid.align_labels(dataset, model.classes)
+    settings = settings_for(run, model)
+    spec = run.plan
+    layout = vid.make_layout(model, spec.subvideo, spec.chunk, spec.stride, spec.reduce, spec.noise_space,
+                             spec.short)
+    dataset.channels, dataset.frame_hw = layout.frame_shape[0], layout.frame_shape[1:]
+    graph = vid.sampling_graph(model, layout)
+    # The layout, not one plan, goes to the pipeline: it gives each video the plan for its length.
+    job = _launch(run, model, dataset, layout.probe, graph, settings, vid.method_tag(layout),
+                  {"split": dataset.split}, worker, values_per_call=VIDEO_VALUES_PER_CALL)
+    job.plan = layout
+    return job

@@ -1,0 +1,33 @@
+"""A progress bar over a started run (srtool.core.Job), for the command line and the Python API."""
+
+from __future__ import annotations
+
+
+def execute_with_progress(job) -> None:
+    """Run the job's inputs with a bar that shows accuracy (labelled inputs) and ACR as they come."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    mode = job.settings.mode
+    tally = {"done": 0, "labelled": 0, "correct": 0, "radius": 0.0}
+
+    def status() -> str:
+        if not tally["labelled"]:
+            return ""
+        accuracy = tally["correct"] / tally["labelled"]
+        if mode == "certify":
+            return f"acc {accuracy:.1%}  ACR {tally['radius'] / tally['labelled']:.3f}"
+        return f"acc {accuracy:.1%}"
+
+    with Progress(TextColumn(f"[bold]{mode}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False) as progress:
+        task = progress.add_task(mode, total=len(job.todo), status="")
+
+        def on_row(row: dict) -> None:
+            if row["error"] is None and row["label"] >= 0:
+                tally["labelled"] += 1
+                tally["correct"] += row["correct"]
+                tally["radius"] += (row["radius"] or 0.0) * row["correct"]
+            progress.update(task, advance=1, status=status())
+
+        job.execute(on_row)
