@@ -569,14 +569,17 @@ def make_layout(model: Model, subvideo: int | None, chunk: int | None, stride: i
 
 # -- sampling graph ----------------------------------------------------------------------------------
 
-def sampling_graph(model: Model, layout: VideoLayout) -> onnx.ModelProto:
-    """noisy videos + chunk frame indices → k sub-videos × chunks → model → chunk mean → reduce → votes.
+def sampling_graph(models: Model | list[Model], layout: VideoLayout,
+                   consensus: int | None = None) -> onnx.ModelProto:
+    """noisy videos + chunk frame indices → k sub-videos × chunks → model(s) → chunk mean → reduce → votes.
 
     Input space: NOISY is (B, C, T, H, W) with T free; OFFSETS (k, chunks, m) are frame numbers, and
     one Gather cuts every chunk of every sub-video. Patch space: NOISY already holds the chunks,
     (B, k·chunks, C, m, H, W). Either way the model sees (B·k·chunks, C, m, H, W), copy-major, and
     the tail (graph.assemble) takes k and the chunk count from OFFSETS' shape, so videos of every
-    length run through this one graph.
+    length run through this one graph. Several models form an ensemble, with optional K-consensus
+    (graph.assemble): each member averages its own chunk logits, then all (member, sub-video) pairs
+    are reduced together.
     """
     c, m, h, w = layout.view_shape
     if layout.noise_space == "input":
@@ -597,7 +600,7 @@ def sampling_graph(model: Model, layout: VideoLayout) -> onnx.ModelProto:
             chunks = NOISY
         b.node("Reshape", [chunks, b.const([-1, c, m, h, w])], model_input)
 
-    return assemble(model, inputs, head, VIEWS, layout.reduce, chunks=CHUNKS)
+    return assemble(models, inputs, head, VIEWS, layout.reduce, chunks=CHUNKS, consensus=consensus)
 
 
 def method_tag(layout: VideoLayout) -> str:
