@@ -9,6 +9,13 @@
 - `.npz` with `x` (N×C×H×W or N×H×W×C or N×H×W; uint8 0–255 or float in [0,1]) and optional `y`.
 
 Folder images are read lazily, so one unreadable file becomes one error row, not a failed run.
+Hostile or careless inputs (DESIGN §10):
+- a pixel that is NaN or ±inf makes its input an error row: the sampling graph would turn it into
+  votes for class 0, which could then be "certified";
+- float pixels outside [0,1]: a whole `.npz` in the wrong range (floats 0–255) is refused when it is
+  opened, naming the range found; a single such image elsewhere is an error row;
+- EXIF orientation (JPEG, PNG, WebP) is applied as photo viewers apply it, and `Item.rotated` says so;
+- `check_labels` refuses labels outside the model's classes once the model's class count is known.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -37,12 +44,24 @@ class Item:
     image: np.ndarray | None  # C×H×W float32 in [0,1]; None when it could not be read
     path: str | None = None
     error: str | None = None
+    rotated: bool = False  # the file's EXIF orientation was applied (turned or mirrored on load)
+
+
+class PixelError(ValueError):
+    """Pixel values no model input may hold (non-finite, or outside [0,1]); the message is the row's error."""
+
+
+class Decoded(NamedTuple):
+    """What a file reader returns when it knows more than the pixels."""
+
+    image: np.ndarray
+    rotated: bool
 
 
 class Dataset:
     """A sized, indexable collection of items; reading and conversion happen on access."""
 
-    def __init__(self, source: str, labels: list[int], read: Callable[[int], np.ndarray],
+    def __init__(self, source: str, labels: list[int], read: Callable[[int], np.ndarray | Decoded],
                  paths: list[str] | None = None, class_names: list[str] | None = None):
         self.source = source
         self.labels = labels
@@ -57,19 +76,28 @@ class Dataset:
 
     def __getitem__(self, index: int) -> Item:
         path = self.paths[index] if self.paths else None
+        rotated = False
         try:
-            image = conform(self._read(index), self.channels, self.size)
+            raw = self._read(index)
+            if isinstance(raw, Decoded):
+                raw, rotated = raw
+            image = conform(raw, self.channels, self.size)
         except UsageError:
             raise
+        except PixelError as error:  # readable, but not pixels a model may see
+            return Item(index, self.labels[index], None, path, str(error), rotated)
         except Exception as error:  # one bad file is recorded, the run goes on
             return Item(index, self.labels[index], None, path, f"unreadable: {error}".splitlines()[0])
-        return Item(index, self.labels[index], image, path)
+        return Item(index, self.labels[index], image, path, rotated=rotated)
 
 
 # -- conversion ------------------------------------------------------------------------------------
 
 def to_unit_chw(array: np.ndarray) -> np.ndarray:
-    """H×W, H×W×C (channels last, C ≤ 4) or C×H×W; uint8 or float in [0,1] → float32 C×H×W."""
+    """H×W, H×W×C (channels last, C ≤ 4) or C×H×W; uint8 or float in [0,1] → float32 C×H×W.
+
+    Raises PixelError for values a model input may not hold: NaN or ±inf, or outside [0,1].
+    """
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] not in (1, 3):
@@ -79,8 +107,14 @@ def to_unit_chw(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     array = array.astype(np.float32)
-    if array.size and (array.min() < 0 or array.max() > 1):
-        raise ValueError("float pixels must lie in [0,1]")
+    # A NaN survives noise and the model and comes out as a vote for class 0 (ArgMax of NaN logits),
+    # so such an input must never reach the sampling graph.
+    if not np.isfinite(array).all():
+        raise PixelError("non-finite pixel values (NaN or inf)")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
+    if low < 0 or high > 1:
+        raise PixelError(f"pixel values from {low:g} to {high:g} lie outside [0,1]; "
+                         "scale them to [0,1] or store uint8 0–255")
     return array
 
 
@@ -108,15 +142,117 @@ def conform(image: np.ndarray, channels: int | None, size: int | None) -> np.nda
 
 # -- readers -------------------------------------------------------------------------------------
 
-def _read_image_file(path: str) -> np.ndarray:
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+def _read_image_file(path: str) -> Decoded:
+    """An image file as stored (gray, RGB or RGBA; 16 bits become 8), turned as its EXIF orientation says.
+
+    OpenCV applies EXIF orientation only when it may also change depth and channels: IMREAD_UNCHANGED
+    (kept here for 16-bit and gray files) leaves a JPEG, PNG or WebP as stored, so the orientation is
+    read from the file and applied here. TIFF files are turned by OpenCV's own TIFF decoder (any
+    depth), so for them the orientation is only read, to be recorded.
+    """
+    data = Path(path).read_bytes()
+    # imdecode rather than imread: OpenCV 5's imread fails on TIFF files that carry an orientation.
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError("not an image OpenCV can decode")
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
     if image.ndim == 3:  # OpenCV gives BGR(A); the models want RGB
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
+    if data[:4] in (b"II*\x00", b"MM\x00*"):  # TIFF: already turned by OpenCV
+        try:
+            return Decoded(image, _tiff_orientation(data) != 1)
+        except (struct.error, IndexError, ValueError):
+            return Decoded(image, False)
+    orientation = exif_orientation(data)
+    return Decoded(np.ascontiguousarray(orient(image, orientation)), orientation != 1)
+
+
+# -- EXIF orientation -------------------------------------------------------------------------------
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """An H×W(×C) image as it is displayed under EXIF orientation 1–8 (what PIL's exif_transpose does)."""
+    transforms = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # mirrored left-right
+        3: lambda a: a[::-1, ::-1],  # turned 180°
+        4: lambda a: a[::-1],  # mirrored top-bottom
+        5: lambda a: a.swapaxes(0, 1),  # transposed
+        6: lambda a: np.rot90(a, -1),  # stored turned 90° counter-clockwise: turn it clockwise
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # transposed across the other diagonal
+        8: lambda a: np.rot90(a, 1),  # stored turned 90° clockwise: turn it counter-clockwise
+    }
+    return transforms.get(orientation, transforms[1])(image)
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1–8) in a JPEG, PNG or WebP file's bytes; 1 when there is none.
+
+    Only the container is walked (JPEG segments, PNG or RIFF chunks) up to the EXIF block, then one
+    tag of its first directory is read; a malformed block counts as no orientation.
+    """
+    try:
+        exif = _exif_block(data)
+        return _tiff_orientation(exif) if exif else 1
+    except (struct.error, IndexError, ValueError):
+        return 1
+
+
+def _exif_block(data: bytes) -> bytes | None:
+    """The TIFF-structured EXIF payload of a JPEG (APP1), PNG (eXIf) or WebP (EXIF chunk)."""
+    if data[:2] == b"\xff\xd8":  # JPEG: markers with big-endian lengths until the image data
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in (0xD9, 0xDA):  # end of image, start of scan: no metadata after this
+                return None
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+                pos += 2
+                continue
+            length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+            segment = data[pos + 4:pos + 2 + length]
+            if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
+                return segment[6:]
+            pos += 2 + length
+        return None
+    if data[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: length, type, payload, CRC
+        pos = 8
+        while pos + 8 <= len(data):
+            length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+            if kind == b"eXIf":
+                return data[pos + 8:pos + 8 + length]
+            if kind == b"IEND":
+                return None
+            pos += 12 + length
+        return None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # WebP: fourcc, little-endian size, even padding
+        pos = 12
+        while pos + 8 <= len(data):
+            kind, length = struct.unpack("<4sI", data[pos:pos + 8])
+            if kind == b"EXIF":
+                payload = data[pos + 8:pos + 8 + length]
+                return payload[6:] if payload.startswith(b"Exif\x00\x00") else payload
+            pos += 8 + length + (length & 1)
+    return None
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Tag 0x0112 of the first image directory of a TIFF-structured block (EXIF's layout)."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or struct.unpack(order + "H", tiff[2:4])[0] != 42:
+        return 1
+    directory = struct.unpack(order + "I", tiff[4:8])[0]
+    entries = struct.unpack(order + "H", tiff[directory:directory + 2])[0]
+    for i in range(entries):
+        entry = directory + 2 + 12 * i
+        tag, kind = struct.unpack(order + "HH", tiff[entry:entry + 4])
+        if tag == 0x0112 and kind == 3:  # SHORT, stored in the entry itself
+            value = struct.unpack(order + "H", tiff[entry + 8:entry + 10])[0]
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 def _is_image(path: Path) -> bool:
@@ -247,7 +383,51 @@ def _npz(path: Path) -> Dataset:
         raise UsageError(f"{path}: x must be N×C×H×W, N×H×W×C or N×H×W, got shape {x.shape}")
     if len(y) != len(x):
         raise UsageError(f"{path}: {len(y)} labels for {len(x)} images")
+    _check_pixel_range(x, path)
     return Dataset(str(path), y, lambda i: x[i])
+
+
+def _check_pixel_range(x: np.ndarray, path: Path) -> None:
+    """Refuse an array whose values are not pixels in [0,1] (uint8 is 0–255 by definition).
+
+    Floats 0–255 are a mistake about the whole file, not about one image, so they stop the run with
+    the range found rather than turning every row into an error. NaN and ±inf are left to the
+    per-image check: they make only their own images error rows.
+    """
+    if x.dtype == np.uint8 or x.size == 0:
+        return
+    if x.dtype.kind not in "biuf":
+        raise UsageError(f"{path}: x holds {x.dtype} values; store uint8 0–255 or float in [0,1]")
+    if x.dtype.kind == "f":
+        low, high = np.fmin.reduce(x, axis=None), np.fmax.reduce(x, axis=None)  # NaN is skipped
+        if not (np.isfinite(low) and np.isfinite(high)):  # an inf somewhere: the range of the rest
+            finite = x[np.isfinite(x)]
+            if finite.size == 0:
+                return
+            low, high = finite.min(), finite.max()
+    else:
+        low, high = x.min(), x.max()
+    if low < 0 or high > 1:
+        fix = ("scale them to [0,1] (e.g. x / 255) or store uint8 0–255" if x.dtype.kind == "f"
+               else "store them as uint8 (0–255) or as float in [0,1]")
+        low, high = (f"{float(v):g}" if x.dtype.kind == "f" else str(int(v)) for v in (low, high))
+        raise UsageError(f"{path}: x holds {x.dtype} values from {low} to {high}, outside [0,1]; {fix}")
+
+
+def check_labels(dataset: Dataset, num_classes: int | None) -> None:
+    """Refuse labels the model cannot predict: each must be a class 0..num_classes-1, or -1 (unlabelled).
+
+    A label beyond the model's classes would make every row of its input count as wrong, which reads
+    as a bad model rather than a bad label file. `num_classes` None (not known) checks nothing.
+    """
+    if num_classes is None:
+        return
+    bad = [(i, label) for i, label in enumerate(dataset.labels) if label != -1 and not 0 <= label < num_classes]
+    if bad:
+        index, label = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UsageError(f"{dataset.source}: label {label} of input {index} is outside the model's "
+                         f"{num_classes} classes (0–{num_classes - 1}; -1 = unlabelled){more}")
 
 
 def align_labels(dataset: Dataset, classes: list[str] | None) -> None:

@@ -8,23 +8,46 @@ sorted by index, into RUN.parquet (again via a temporary file and an atomic rena
 
 The configuration that decides the numbers (model hash, plan, sigma, n, seed, ...) is stored with
 the parts; resuming with a different one is refused unless the user asks to overwrite.
+
+Columns: every run has the base columns; a kind of run adds its own group (videos: `frames`,
+`subvideos`; sequential runs: `stop`), so an image table carries no empty video columns. Files
+written before a column existed are read with that column null.
+
+Faults, each left in a state the same command resumes from:
+- two runs on one file: a writer holds an exclusive lock (`RUN.parquet.lock`, with its pid) for its
+  life, so a second run is refused at once; the OS drops the lock when a process dies, even by kill -9;
+- a damaged part (cut short, garbage): set aside, never deleted, into `RUN.parquet.damaged/`; its
+  inputs are simply computed again, and `ResultsWriter.warnings` says so;
+- a full disk: a UsageError; every part written before stays, the half-written file is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import time
+import weakref
 from pathlib import Path
+from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs are not protected from each other
+    fcntl = None
+
 METADATA_KEY = b"srtool"
-SCHEMA = pa.schema([
+
+# -- columns --------------------------------------------------------------------------------------
+
+BASE_COLUMNS = [
     ("index", pa.int64()),
     ("label", pa.int64()),
     ("predict", pa.int64()),
@@ -35,56 +58,58 @@ SCHEMA = pa.schema([
     ("count", pa.int64()),
     ("n", pa.int64()),
     ("counts", pa.list_(pa.int64())),
+    ("invalid", pa.int64()),  # copies whose logits were not finite: votes for no class
     ("radius_factor", pa.float64()),
     ("time_s", pa.float64()),
     ("path", pa.string()),
     ("error", pa.string()),
-    # Videos only (null for images): frames read from the file, sub-videos used (k).
-    ("frames", pa.int64()),
-    ("subvideos", pa.int64()),
-])
-# Settings that do not change any number in the table; they may differ between a run and its resume.
-VOLATILE = {"device", "batch", "threads", "version", "skip", "max", "created"}
+]
+COLUMN_GROUPS = {
+    "video": [("frames", pa.int64()), ("subvideos", pa.int64())],  # frames read, sub-videos used (k)
+    "sequential": [("stop", pa.string())],  # why sampling stopped
+}
 
 
-def _identity(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in VOLATILE}
+def results_schema(groups: Iterable[str] = ()) -> pa.Schema:
+    """The base columns, then those of each named group, in COLUMN_GROUPS order."""
+    groups = set(groups)
+    unknown = groups - set(COLUMN_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown column groups: {', '.join(sorted(unknown))}")
+    fields = BASE_COLUMNS + [f for name, group in COLUMN_GROUPS.items() if name in groups for f in group]
+    return pa.schema(fields)
 
 
-def read_config(path: Path) -> dict:
-    """The srtool configuration stored in a results file; a clear error for anything else."""
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except Exception:
-        raise UsageError(f"{path} is not a Parquet file") from None
-    if METADATA_KEY not in metadata:
-        raise UsageError(f"{path} is not an srtool results file (no '{METADATA_KEY.decode()}' metadata)")
-    return json.loads(metadata[METADATA_KEY])
+def groups_for(config: dict) -> tuple[str, ...]:
+    """The column groups a run's configuration implies: video runs (`kind` video) carry the video
+    columns, sequential runs (a `sequential` entry) the stopping reason."""
+    groups = ("video",) if config.get("kind") in ("video", "videos") else ()
+    return groups + (("sequential",) if config.get("sequential") else ())
 
 
-def read_results(path: str | Path) -> tuple[pa.Table, dict]:
-    """A finished run, or the parts of one still running or interrupted."""
-    path = Path(path)
-    parts = Path(f"{path}.parts")
-    if path.is_file():
-        return pq.read_table(path), read_config(path)
-    if parts.is_dir() and (parts / "config.json").is_file():
-        return _read_parts(parts), json.loads((parts / "config.json").read_text())
-    raise UsageError(f"results not found: {path}")
+def _conform(table: pa.Table, schema: pa.Schema, where: Path) -> pa.Table:
+    """`table` with exactly `schema`'s columns; columns it lacks (added since it was written) are null.
+
+    A column the schema drops must hold nothing (old image files carried all-null video columns);
+    one with values means the file was written by another kind of run or a newer srtool.
+    """
+    extra = [name for name in table.column_names
+             if name not in schema.names and table.column(name).null_count < len(table)]
+    if extra:
+        raise UsageError(f"{where} holds columns this run does not write ({', '.join(extra)}); "
+                         "use --overwrite or another --out")
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(schema.names).cast(schema)
 
 
-def _read_parts(parts: Path) -> pa.Table:
-    tables = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    """`table` with SCHEMA's columns; columns added after it was written (frames, subvideos) are null."""
-    for name in SCHEMA.names:
+def _with_base_columns(table: pa.Table) -> pa.Table:
+    """For readers: the base columns that a file written before them lacks, as nulls; all else as is."""
+    for name, kind in BASE_COLUMNS:
         if name not in table.column_names:
-            kind = SCHEMA.field(name).type
             table = table.append_column(pa.field(name, kind), pa.nulls(len(table), kind))
-    return table.select(SCHEMA.names).cast(SCHEMA)
+    return table
 
 
 def _dedupe_sorted(table: pa.Table) -> pa.Table:
@@ -94,21 +119,166 @@ def _dedupe_sorted(table: pa.Table) -> pa.Table:
     return table.take(keep) if len(keep) != len(indices) else table
 
 
+# -- reading --------------------------------------------------------------------------------------
+
+# Settings that do not change any number in the table; they may differ between a run and its resume.
+VOLATILE = {"device", "batch", "threads", "version", "skip", "max", "created"}
+PART = re.compile(r"part-(\d+)\.parquet$")
+
+
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in VOLATILE}
+
+
+def _reason(error: Exception) -> str:
+    """A short reason from pyarrow's long messages ("Could not open Parquet input source '…': …")."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text)
+    if "magic bytes not found" in text:
+        return "not a complete Parquet file"
+    return text.split(". ")[0].rstrip(".")
+
+
+def _looks_parquet(path: Path) -> bool:
+    """A Parquet file starts with PAR1, even one cut short: damaged, but ours to set aside."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def _unreadable(path: Path, error: Exception) -> UsageError:
+    if isinstance(error, PermissionError):
+        return UsageError(f"{path}: permission denied")
+    if _looks_parquet(path):
+        return UsageError(f"{path} is damaged ({_reason(error)})")
+    return UsageError(f"{path} is not a Parquet file")
+
+
+def _read_finished(path: Path) -> tuple[pa.Table, dict]:
+    """A finished run's table and configuration; a clear error for a damaged or foreign file."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise _unreadable(path, error) from None
+    metadata = table.schema.metadata or {}
+    if METADATA_KEY not in metadata:
+        raise UsageError(f"{path} is not an srtool results file (no '{METADATA_KEY.decode()}' metadata)")
+    try:
+        return table, json.loads(metadata[METADATA_KEY])
+    except ValueError:
+        raise UsageError(f"{path} is damaged (its srtool metadata is not JSON)") from None
+
+
+def read_config(path: Path) -> dict:
+    """The srtool configuration stored in a results file; a clear error for anything else."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise _unreadable(Path(path), error) from None
+    if METADATA_KEY not in metadata:
+        raise UsageError(f"{path} is not an srtool results file (no '{METADATA_KEY.decode()}' metadata)")
+    try:
+        return json.loads(metadata[METADATA_KEY])
+    except ValueError:
+        raise UsageError(f"{path} is damaged (its srtool metadata is not JSON)") from None
+
+
+def _read_parts_config(parts: Path) -> dict:
+    config_file = parts / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{parts} is not an srtool parts folder; remove it or use --overwrite")
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{config_file} is damaged; use --overwrite to start over") from None
+
+
+def _part_files(parts: Path) -> list[Path]:
+    return sorted(p for p in parts.glob("part-*.parquet") if PART.fullmatch(p.name))
+
+
+def _read_part(part: Path) -> pa.Table:
+    """One part as written; raises ValueError (or pyarrow's errors) when it is damaged."""
+    table = pq.read_table(part)
+    if "index" not in table.column_names or table.column("index").null_count:
+        raise ValueError("no input index")
+    return table
+
+
+def read_results(path: str | Path) -> tuple[pa.Table, dict]:
+    """A finished run, or the parts of one still running or interrupted."""
+    path = Path(path)
+    parts = Path(f"{path}.parts")
+    if path.is_file():
+        table, config = _read_finished(path)
+        return _with_base_columns(table), config
+    if parts.is_dir():
+        config = _read_parts_config(parts)
+        tables = []
+        for part in _part_files(parts):
+            try:
+                tables.append(_read_part(part))
+            except PermissionError as error:
+                raise _unreadable(part, error) from None
+            except (pa.ArrowException, OSError, ValueError) as error:
+                raise UsageError(f"{part} is damaged ({_reason(error)}); running the same command "
+                                 "sets it aside and computes its inputs again") from None
+        schema = results_schema(groups_for(config))
+        table = (pa.concat_tables([_conform(t, schema, parts) for t in tables]) if tables
+                 else schema.empty_table())
+        return table, config
+    raise UsageError(f"results not found: {path}")
+
+
+# -- writing --------------------------------------------------------------------------------------
+
 class ResultsWriter:
-    """Appends rows to a run, durable at every flush; `finish` produces the single Parquet file."""
+    """Appends rows to a run, durable at every flush; `finish` produces the single Parquet file.
+
+    `groups` names the optional column groups (COLUMN_GROUPS) the rows fill; None takes them from the
+    configuration (`groups_for`). The writer holds the file's lock from construction to
+    `finish` or `close` (or until it is garbage-collected, or the process ends); it is also a
+    context manager. `warnings` lists one-line notes for the user (damaged parts set aside).
+    """
 
     def __init__(self, path: str | Path, config: dict, overwrite: bool = False,
-                 flush_rows: int = 256, flush_seconds: float = 2.0):
+                 flush_rows: int = 256, flush_seconds: float = 2.0, *,
+                 groups: Iterable[str] | None = None):
         self.path = Path(path)
         self.parts = Path(f"{self.path}.parts")
+        self.damaged = Path(f"{self.path}.damaged")  # where unreadable parts are set aside
         self.config = config
+        self.schema = results_schema(groups_for(config) if groups is None else groups)
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.warnings: list[str] = []
         self._rows: list[dict] = []
+        self._written: list[Path] = []  # parts written by this writer, merged by finish
         self._last_flush = time.monotonic()
         self._part_number = 0
-        if overwrite:
-            self._remove()
-        self._done = self._resume()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _Lock(Path(f"{self.path}.lock"), self.path)
+        if self._lock.warning:
+            self.warnings.append(self._lock.warning)
+        try:
+            self._remove_temporaries()
+            if overwrite:
+                self._remove()
+            self._done = self._resume()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock; rows not yet flushed are dropped (their inputs are recomputed on resume)."""
+        self._lock.release()
 
     # -- resume --------------------------------------------------------------------------------
     def _check_same(self, stored: dict, where: Path) -> None:
@@ -123,20 +293,54 @@ class ResultsWriter:
         if self.path.exists():
             if not self.path.is_file():
                 raise UsageError(f"{self.path} exists and is not a file")
-            self._check_same(read_config(self.path), self.path)
-            done.append(pq.read_table(self.path))
-        config_file = self.parts / "config.json"
+            try:
+                table, stored = _read_finished(self.path)
+            except UsageError as error:
+                if not _looks_parquet(self.path):
+                    raise
+                raise UsageError(f"{error}; move it away, or use --overwrite to start over "
+                                 f"(it is then kept in {self.damaged})") from None
+            self._check_same(stored, self.path)
+            done.append(_conform(table, self.schema, self.path))
+        if self.parts.is_dir() and not any(self.parts.iterdir()):
+            self.parts.rmdir()  # left by a run that could not even write its configuration
         if self.parts.is_dir():
-            if not config_file.is_file():
-                raise UsageError(f"{self.parts} is not an srtool parts folder; remove it or use --overwrite")
-            self._check_same(json.loads(config_file.read_text()), self.parts)
-            done.append(_read_parts(self.parts))
-            self._part_number = len(list(self.parts.glob("part-*.parquet")))
+            self._check_same(_read_parts_config(self.parts), self.parts)
+            for part in _part_files(self.parts):
+                try:
+                    done.append(_conform(_read_part(part), self.schema, part))
+                except PermissionError as error:
+                    raise _unreadable(part, error) from None
+                except (pa.ArrowException, OSError, ValueError) as error:
+                    self._set_aside(part, f"set aside damaged part {part.name} ({_reason(error)})",
+                                    "its inputs will be recomputed")
+            numbers = [int(PART.fullmatch(p.name).group(1)) for p in _part_files(self.parts)]
+            self._part_number = max(numbers, default=-1) + 1  # after the last: a part set aside leaves a gap
         else:
             self.parts.mkdir(parents=True)
-            _atomic_write_text(config_file, json.dumps(self.config, indent=1))
-        done = [_conform(t) for t in done]
-        return _dedupe_sorted(pa.concat_tables(done)) if done else SCHEMA.empty_table()
+            self._write(lambda tmp: tmp.write_text(json.dumps(self.config, indent=1)),
+                        self.parts / "config.json")
+        return _dedupe_sorted(pa.concat_tables(done)) if done else self.schema.empty_table()
+
+    def _set_aside(self, file: Path, what: str, then: str) -> None:
+        """Move an unreadable file into RUN.parquet.damaged/ (never delete: it may be recoverable)."""
+        self.damaged.mkdir(exist_ok=True)
+        target = self.damaged / file.name
+        number = 1
+        while target.exists():
+            target = self.damaged / f"{file.name}.{number}"
+            number += 1
+        os.rename(file, target)
+        self.warnings.append(f"{what} as {target}; {then}")
+
+    def _remove_temporaries(self) -> None:
+        """Half-written files of a run killed while writing; under the lock nobody else is writing them."""
+        candidates = [self.path.with_name(f".tmp-{self.path.name}")]
+        if self.parts.is_dir():
+            candidates += list(self.parts.glob(".tmp-*"))
+        for tmp in candidates:
+            if tmp.is_file():
+                tmp.unlink()
 
     @property
     def done_indices(self) -> set[int]:
@@ -148,48 +352,160 @@ class ResultsWriter:
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, row: dict) -> None:
+        unknown = set(row) - set(self.schema.names)
+        if unknown:  # a column nobody would see: name the group the writer should have been given
+            raise ValueError(f"row columns not in this run's results schema: {', '.join(sorted(unknown))} "
+                             "(see results.COLUMN_GROUPS and ResultsWriter's groups)")
         self._rows.append(row)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
+        """Write the rows added since the last flush as one part; on failure they stay pending."""
         self._last_flush = time.monotonic()
         if not self._rows:
             return
-        table = pa.Table.from_pylist(self._rows, schema=SCHEMA)
+        if not self._lock.held:
+            raise RuntimeError(f"the results writer for {self.path} is closed")
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
         target = self.parts / f"part-{self._part_number:06d}.parquet"
-        tmp = self.parts / f".tmp-{target.name}"
-        pq.write_table(table, tmp)
-        _fsync_replace(tmp, target)
+        self._write(lambda tmp: pq.write_table(table, tmp), target)
+        self._written.append(target)
         self._part_number += 1
         self._rows = []
 
     def finish(self) -> pa.Table:
+        """Merge everything into RUN.parquet, remove the parts, release the lock.
+
+        On failure (a full disk) the parts stay and the lock is kept, so finish may be called again.
+        """
         self.flush()
-        tables = [_conform(self._done), _conform(_read_parts(self.parts))]
+        tables = [self._done]
+        for part in self._written:
+            try:
+                tables.append(_conform(_read_part(part), self.schema, part))
+            except (pa.ArrowException, OSError, ValueError) as error:
+                raise UsageError(f"cannot read back {part} ({_reason(error)}); run the same command to "
+                                 "resume") from None
         table = _dedupe_sorted(pa.concat_tables(tables))
-        metadata = {METADATA_KEY: json.dumps(self.config).encode()}
-        table = table.replace_schema_metadata(metadata)
-        tmp = self.path.with_name(f".tmp-{self.path.name}")
-        pq.write_table(table, tmp)
-        _fsync_replace(tmp, self.path)
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.config).encode()})
+        self._write(lambda tmp: pq.write_table(table, tmp), self.path)
         shutil.rmtree(self.parts, ignore_errors=True)
+        self.close()
         return table
+
+    def _write(self, write, target: Path) -> None:
+        """`write(tmp)`, then an atomic rename to `target`; an OSError leaves no file behind."""
+        tmp = target.with_name(f".tmp-{target.name}")
+        try:
+            write(tmp)
+            _fsync_replace(tmp, target)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(_write_failure(target, error)) from None
 
     def _remove(self) -> None:
         if self.path.is_file():
-            read_config(self.path)  # never delete a file that is not ours
-            self.path.unlink()
+            try:
+                read_config(self.path)  # never delete a file that is not ours
+            except UsageError:
+                if not _looks_parquet(self.path):
+                    raise
+                # a damaged results file: the user asked to start over, but it is kept, not deleted
+                self._set_aside(self.path, f"set aside damaged {self.path.name}", "starting over")
+            else:
+                self.path.unlink()
         shutil.rmtree(self.parts, ignore_errors=True)
+
+
+def _write_failure(target: Path, error: OSError) -> str:
+    """One line for a write that failed: say plainly when the disk is full, and that resume works."""
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+    what = "the disk is full" if full else (error.strerror or _reason(error))
+    return (f"cannot write {target}: {what}; every input finished before is saved, "
+            f"{'free some space and ' if full else ''}run the same command to resume")
 
 
 def _fsync_replace(tmp: Path, target: Path) -> None:
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+    try:  # make the rename itself durable
+        folder = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    _fsync_replace(tmp, path)
+# -- one writer per results file ------------------------------------------------------------------
+
+class _Lock:
+    """An exclusive, non-blocking flock on RUN.parquet.lock, holding the owner's pid.
+
+    The OS releases a flock when its process ends, however it ends, so a killed run never leaves a
+    stale lock behind. The file is removed on release; a run that opened it just before that (and
+    so locks a file no longer in the folder) notices and locks the new one instead.
+    """
+
+    def __init__(self, lock_path: Path, results: Path):
+        self.path = lock_path
+        self.warning: str | None = None
+        self._fd: int | None = None
+        if fcntl is None:
+            self.warning = f"cannot lock {results} on this system; make sure no other run writes to it"
+            self._finalizer = None
+            return
+        while self._fd is None:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UsageError(f"{results} is in use by another srtool run (pid {holder}); "
+                                 "wait for it or use another --out") from None
+            except OSError as error:  # a file system without locks (some network mounts)
+                os.close(fd)
+                self.warning = (f"cannot lock {lock_path} ({error.strerror}); make sure no other run "
+                                f"writes to {results}")
+                break
+            if _same_file(fd, lock_path):
+                self._fd = fd
+            else:
+                os.close(fd)
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        # released when the writer is garbage-collected or the interpreter exits, if not before
+        self._finalizer = weakref.finalize(self, _release, self._fd, lock_path)
+
+    @property
+    def held(self) -> bool:
+        return self._finalizer is None or self._finalizer.alive
+
+    def release(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        opened, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _release(fd: int | None, lock_path: Path) -> None:
+    if fd is None:
+        return
+    try:
+        lock_path.unlink(missing_ok=True)  # while still holding it, so no one locks a removed file
+    except OSError:
+        pass
+    os.close(fd)
