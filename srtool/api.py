@@ -47,6 +47,8 @@ class Certificate:
     counts: np.ndarray  # estimation votes per class (N×classes for a batch)
     n: int | np.ndarray  # estimation copies drawn
     radius_factor: float | np.ndarray  # what the plan's noise space multiplies Cohen's radius by
+    invalid: int | np.ndarray = 0  # copies whose logits were not finite (a vote for no class)
+    stop: str | np.ndarray | None = None  # sequential: why sampling stopped
 
     def __iter__(self):
         return iter((self.label, self.radius))
@@ -60,6 +62,7 @@ class Prediction:
     count: int | np.ndarray
     counts: np.ndarray
     n: int | np.ndarray
+    invalid: int | np.ndarray = 0
 
     def __iter__(self):
         return iter((self.label, self.p_value))
@@ -80,10 +83,12 @@ def _load(model):
 
 class Smooth:
     """The smoothed classifier of an ONNX image model: randomized smoothing, or Smooth-Reduce with
-    `patches` > 1 (or a resize / patch size). Sessions are built per input shape and batch size and
-    kept; `close()` (or a `with` block) frees them."""
+    `patches` > 1 (or a resize / patch size); a list of models is an ensemble reduced over every
+    (model, view), with `consensus` K as --consensus. Sessions are built per input shape and batch
+    size and kept; `close()` (or a `with` block) frees them."""
 
-    def __init__(self, model, sigma: float | None = None, *, patches: int = 1, patch_size: int | None = None,
+    def __init__(self, model, sigma: float | None = None, *, consensus: int | None = None,
+                 patches: int = 1, patch_size: int | None = None,
                  resize: int | None = None, sampling: str = "dense", reduce: str = "mean",
                  noise_space: str = "input", device: str = "auto", seed: int = 0, threads: int = 0,
                  noise: str = "host", session_options: dict | None = None, provider_options: dict | None = None):
@@ -93,7 +98,14 @@ class Smooth:
                                     session_options=dict(session_options or {}),
                                     provider_options=dict(provider_options or {}))
         core.Statistics(sigma=sigma, seed=seed)  # the same checks and messages as the command line
-        self.model = _load(model)
+        from .graph import check_members
+
+        members = model if isinstance(model, (list, tuple)) else [model]
+        core.check(len(members) >= 1, "model: give at least one model")
+        core.Run(model=tuple(f"member{i}" for i in range(len(members))), consensus=consensus)  # checks K
+        self.models = [_load(member) for member in members]
+        check_members(self.models)
+        self.model, self.consensus = self.models[0], consensus
         core.image_model_shape(self.model)
         self.sigma = sigma if sigma is not None else self.model.trained_sigma
         core.check(self.sigma is not None, "sigma is required (the model has no srtool.sigma metadata)")
@@ -102,19 +114,27 @@ class Smooth:
 
     # -- Cohen's two procedures ------------------------------------------------------------------------
     def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch_size: int | str = "auto",
-                index: int = 0) -> Certificate:
-        """CERTIFY x (C×H×W, or N×C×H×W for arrays): label, certified radius, and the evidence."""
+                index: int = 0, sequential: bool = False, radii=None, tolerance: float = 0.02,
+                sequential_method: str = "union") -> Certificate:
+        """CERTIFY x (C×H×W, or N×C×H×W for arrays): label, certified radius, and the evidence.
+
+        `sequential`: n is a budget; copies are drawn in rounds until the answer is known (decide
+        `radii`, or estimate the radius to `tolerance`); `.n` says how many were drawn, `.stop` why.
+        """
         rows = self._evaluate(x, core.Statistics(mode="certify", sigma=self.sigma, alpha=alpha, n0=n0, n=n,
-                                                 seed=self.seed), batch_size, index)
+                                                 seed=self.seed, sequential=sequential, radii=radii,
+                                                 tolerance=tolerance, sequential_method=sequential_method),
+                              batch_size, index)
         return _gather(Certificate, rows, x, label="predict", radius="radius", p_lower="p_lower", count="count",
-                       counts="counts", n="n", radius_factor="radius_factor")
+                       counts="counts", n="n", radius_factor="radius_factor", invalid="invalid", stop="stop")
 
     def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int | str = "auto",
                 index: int = 0) -> Prediction:
         """PREDICT x: the smoothed class, or ABSTAIN when the binomial test does not pass at alpha."""
         rows = self._evaluate(x, core.Statistics(mode="predict", sigma=self.sigma, alpha=alpha, n=n,
                                                  seed=self.seed), batch_size, index)
-        return _gather(Prediction, rows, x, label="predict", p_value="p_value", count="count", counts="counts", n="n")
+        return _gather(Prediction, rows, x, label="predict", p_value="p_value", count="count", counts="counts",
+                       n="n", invalid="invalid")
 
     # -- one pipeline, as the command line's -----------------------------------------------------------
     def _evaluate(self, x, statistics: core.Statistics, batch_size, index: int) -> list[dict]:
@@ -162,7 +182,8 @@ class Smooth:
 
             plan = core.image_plan(self.plan_spec, self.model, shape)
             run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch_size))
-            counter = core.vote_counter(run, self.model, sampling_graph(self.model, plan), plan, settings)
+            graph = sampling_graph(self.models, plan, self.consensus)
+            counter = core.vote_counter(run, self.model, graph, plan, settings)
             self._engines[key] = plan, counter
         return self._engines[key]
 
@@ -182,8 +203,8 @@ def _gather(kind, rows: list[dict], x, **columns):
     """One answer from one row; for a batch, each field as an array over the rows."""
     if np.asarray(x).ndim == 3:
         row = rows[0]
-        return kind(**{field: (np.asarray(row[c]) if c == "counts" else row[c]) for field, c in columns.items()})
-    return kind(**{field: np.array([row[c] if row[c] is not None else np.nan for row in rows])
+        return kind(**{field: (np.asarray(row[c]) if c == "counts" else row.get(c)) for field, c in columns.items()})
+    return kind(**{field: np.array([row.get(c) if row.get(c) is not None or c == "stop" else np.nan for row in rows])
                    for field, c in columns.items()})
 
 
@@ -237,6 +258,10 @@ def read_results(path: str | Path) -> Results:
 def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
     """A core.Run from the keyword arguments of certify / predict (the command line's options)."""
     core.check(images is None or videos is None, "give images or videos, not both")
+    if isinstance(model, (list, tuple)):
+        model = tuple(str(m) for m in model)
+    elif model is not None:
+        model = str(model)
     kind = "videos" if videos is not None else "images"
     sections = {name: {} for name in ("plan", "statistics", "runtime", "output")}
     owners = {"plan": core.ImagePlan if kind == "images" else core.VideoPlan, "statistics": core.Statistics,
@@ -244,13 +269,13 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
     top = {}
     for key, value in kwargs.items():
         section = next((s for s, cls in owners.items() if key in cls.__dataclass_fields__), None)
-        if key in ("labels", "split"):
+        if key in ("labels", "split", "consensus"):
             top[key] = value
         elif section is None or key == "mode":
             raise UsageError(f"unknown argument {key!r}")
         else:
             sections[section][key] = value
-    return core.Run(kind=kind, model=None if model is None else str(model), data=None if (images or videos) is None
+    return core.Run(kind=kind, model=model, data=None if (images or videos) is None
                     else str(images if images is not None else videos), **top,
                     plan=owners["plan"](**sections["plan"]),
                     statistics=core.Statistics(mode=mode, **sections["statistics"]),
@@ -275,9 +300,6 @@ def _execute(run: core.Run, progress: bool) -> Results:
     from .progress import execute_with_progress
 
     job = core.start(run, quiet=not progress)
-    try:
-        execute_with_progress(job) if progress else job.execute()
-    finally:
-        job.close()
+    execute_with_progress(job) if progress else job.execute()  # frees everything if it fails
     table = job.finish()
     return Results(table, job.config, job.writer.path)

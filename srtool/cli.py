@@ -28,6 +28,9 @@ def _apply(options: list, function):
 def run_options(inputs: str) -> list:
     """Statistics, runtime and output options shared by every command that runs the pipeline."""
     return [
+        click.option("--consensus", type=int, default=None,
+                     help="Ensembles: the first K models decide a noisy copy where they agree; the others "
+                          "run only where they do not (Horváth et al.'s K-consensus)."),
         click.option("--sigma", type=float, default=None,
                      help="Noise level in [0,1] pixel units (default: the model's srtool.sigma metadata)."),
         click.option("--alpha", type=float, default=0.001, show_default=True,
@@ -58,8 +61,12 @@ def run_options(inputs: str) -> list:
 def plan_options(function):
     """Options shared by certify and predict (one pipeline, the same knobs)."""
     options = [
-        click.option("--model", type=click.Path(), default=None,
-                     help=f"ONNX classifier taking [0,1] pixels (default: shipped {core.DEFAULT_MODEL})."),
+        click.option("--model", type=click.Path(), multiple=True,
+                     help=f"ONNX classifier taking [0,1] pixels (default: shipped {core.DEFAULT_MODEL}); "
+                          "several: an ensemble, reduced over every (model, view)."),
+        click.option("--ensemble", is_flag=True,
+                     help="The shipped ensemble: the Fashion-MNIST model for --sigma (default 0.25) and its "
+                          "members trained with other seeds."),
         click.option("--images", type=click.Path(), default=None,
                      help="Folder (ImageFolder or flat), image file, CIFAR-10 batch, IDX file or .npz "
                           f"(default: shipped {core.DEFAULT_IMAGES}, 500 Fashion-MNIST test images)."),
@@ -115,10 +122,29 @@ def cli():
     """Certify classifiers with randomized smoothing and Smooth-Reduce on ONNX Runtime."""
 
 
+def sequential_options(function):
+    """Sequential CERTIFY (docs/sequential.md), for certify and video."""
+    options = [
+        click.option("--sequential", is_flag=True,
+                     help="Draw estimation copies in rounds and stop once the answer is known; --n is the budget."),
+        click.option("--radii", "seq_radii", default=None,
+                     help="With --sequential: decide these comma-separated radii (certified or out of reach), "
+                          "instead of estimating the radius."),
+        click.option("--tolerance", type=float, default=0.02, show_default=True,
+                     help="With --sequential and no --radii: stop when the radius is within this share of "
+                          "the largest the budget could still reach."),
+        click.option("--sequential-method", type=click.Choice(["union", "staged"]), default="union",
+                     show_default=True,
+                     help="Checkpoints: geometric plus the grid radii's (union), or Horváth et al.'s stages."),
+    ]
+    return _apply(options, function)
+
+
 @cli.command()
 @click.option("--n0", type=int, default=None,
               help="Noisy copies for selecting the class, never reused for the estimate  [default: 100]")
 @plan_options
+@sequential_options
 @engine_options
 def certify(**options):
     """Certified radii (Cohen et al.'s CERTIFY) for every input; writes a Parquet table."""
@@ -136,9 +162,9 @@ def predict(**options):
 def video_options(function):
     """Options of `srtool video` (one pipeline with the images; sub-videos are the patches)."""
     options = [
-        click.option("--model", type=click.Path(), default=None,
+        click.option("--model", type=click.Path(), multiple=True,
                      help="ONNX video classifier taking N×C×m×H×W [0,1] RGB chunks "
-                          f"(default: shipped {core.DEFAULT_VIDEO_MODEL})."),
+                          f"(default: shipped {core.DEFAULT_VIDEO_MODEL}); several: an ensemble."),
         click.option("--videos", type=click.Path(), default=None,
                      help="Video file, UCF-101 folder (class folders, classInd.txt, testlist01.txt), "
                           f"class folders, or a flat folder (default: shipped {core.DEFAULT_VIDEOS}/)."),
@@ -175,6 +201,7 @@ def video_options(function):
 
 @cli.command()
 @video_options
+@sequential_options
 @engine_options
 def video(predict_mode, **options):
     """Certify (or --predict) video classifiers: RS of the whole video, or Smooth-Reduce over sub-videos.
@@ -215,10 +242,21 @@ def _run_from_options(kind: str, mode: str, o: dict) -> core.Run:
         data = o["videos"]
     if mode == "predict" and o.get("n0") is not None:
         raise UsageError("--n0 applies to certify only")
+    sequential = {}
+    if "sequential" in o:
+        core.check(o["sequential"] or (o["seq_radii"] is None and o["tolerance"] == 0.02
+                                       and o["sequential_method"] == "union"),
+                   "--radii, --tolerance and --sequential-method apply to --sequential runs")
+        sequential = {"sequential": o["sequential"], "radii": _radii(o["seq_radii"]), "tolerance": o["tolerance"],
+                      "sequential_method": o["sequential_method"]}
+    models = o["model"] or None
+    if o.get("ensemble"):
+        core.check(not models, "--ensemble runs the shipped models; give either --ensemble or --model")
+        models = core.shipped_ensemble(o["sigma"] if o["sigma"] is not None else 0.25)
     return core.Run(
-        kind=kind, model=o["model"], data=data, labels=o["labels"], split=o.get("split"), plan=plan,
+        kind=kind, model=models, consensus=o["consensus"], data=data, labels=o["labels"], split=o.get("split"), plan=plan,
         statistics=core.Statistics(mode=mode, sigma=o["sigma"], alpha=o["alpha"], n0=o.get("n0"), n=o["n"],
-                                   seed=o["seed"]),
+                                   seed=o["seed"], **sequential),
         runtime=core.Runtime(batch=_batch(o["batch"]), device=o["device"], noise=o["noise_mode"],
                              threads=o["threads"], engine=o["engine"], address=o["address"],
                              workers=o["workers"], gpus_per_worker=o["gpus_per_worker"],
@@ -248,13 +286,17 @@ def _execute(run: core.Run, quiet: bool) -> None:
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished inputs are saved; run the same command to resume", err=True)
         sys.exit(130)
-    finally:
-        job.close()
     table = job.finish()
     summary = summarize(table, job.config)
     if not quiet:
         _print_summary([summary])
         click.echo(f"results: {job.writer.path}", err=True)
+    if summary["rotated"]:
+        click.echo(f"note: {summary['rotated']} images were turned upright as their EXIF orientation says "
+                   "(column `rotated`)", err=True)
+    if summary["invalid"]:
+        click.echo(f"warning: {summary['invalid']:,} noisy copies gave logits that are not finite (NaN or inf) "
+                   "and voted for no class; they count against the certificates (column `invalid`)", err=True)
     if summary["errors"]:
         raise UsageError(f"{_errors_line(table)}; every row is saved in {job.writer.path} "
                          f"(list them: srtool show {job.writer.path} --errors)")
@@ -375,6 +417,9 @@ def show(run, fmt, errors_only):
 @click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host", show_default=True)
 @click.option("--seconds", type=float, default=3.0, show_default=True,
               help="Time per measurement, in three rounds that alternate model and pipeline.")
+@click.option("--run", "run_file", type=click.Path(), default=None,
+              help="Also project the time per input of this results file's run (e.g. a --sequential one) "
+                   "from its mean noisy copies per input.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(**o):
     """Throughput: the bare model vs srtool's full sampling pipeline, on this machine."""
@@ -389,7 +434,8 @@ def bench(**o):
                           image_size=o["image_size"])
     runtime = core.Runtime(batch=_batch(o["batch"]), device=o["device"], noise=o["noise_mode"], threads=o["threads"])
     core.check(o["seconds"] > 0, "--seconds must be positive")
-    model = core.load_run_model(core.Run(model=o["model"]))
+    copies_per_input = _copies_per_input(o["run_file"]) if o["run_file"] else None
+    model = core.load_run_models(core.Run(model=o["model"]))[0]
     model_shape = core.image_model_shape(model)
     core.check(model_shape is not None, f"{model.path.name} does not declare its input size")
     edge = spec.image_size
@@ -399,6 +445,9 @@ def bench(**o):
     num_classes = infer_num_classes(model, make_session)
     result = benchmark.run(model, plan, num_classes, batch, runtime.device, runtime.threads, o["seconds"],
                            noise_mode=runtime.noise)
+    if copies_per_input is not None:
+        result["run"] = {"file": o["run_file"], "copies_per_input": copies_per_input,
+                         "projected_s_per_input": copies_per_input / result["pipeline_copies_per_s"]}
     if o["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
@@ -411,6 +460,19 @@ def bench(**o):
     click.echo(f"  pipeline / model    {result['ratio']:>12.2f}")
     click.echo(f"  host noise alone    {result['host_noise_copies_per_s']:>12,.0f} noisy copies/s")
     click.echo(f"  projected per input at n0=100, n=100,000: {result['projected_s_per_input_n100k']:.1f} s")
+    if copies_per_input is not None:
+        click.echo(f"  projected per input of {Path(o['run_file']).name} ({copies_per_input:,.0f} noisy copies "
+                   f"per input): {result['run']['projected_s_per_input']:.2f} s")
+
+
+def _copies_per_input(path: str) -> float:
+    """Mean noisy copies (selection and estimation) per evaluated input of a results file."""
+    from .api import read_results
+
+    results = read_results(path)
+    rows = [row for row in results.table.to_pylist() if row["error"] is None]
+    core.check(rows, f"{path} has no evaluated inputs")
+    return (results.config.get("n0") or 0) + sum(row["n"] for row in rows) / len(rows)
 
 
 def main(argv=None) -> None:

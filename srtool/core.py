@@ -135,6 +135,11 @@ class Statistics:
     n0: int | None = None  # default 100 (images) or 10 (videos); unused by predict
     n: int | None = None  # default Cohen's 100,000 (images) or 1,000 (videos); less on the shipped data
     seed: int = 0
+    # Sequential CERTIFY (docs/sequential.md): n becomes the budget; stop once the answer is known.
+    sequential: bool = False
+    radii: tuple[float, ...] | None = None  # decide these radii (input space); None: estimate the radius
+    tolerance: float = 0.02  # radius estimation: stop within this share of the best reachable radius
+    sequential_method: str = "union"
 
     def __post_init__(self):
         _choice(self.mode, MODES, "mode")
@@ -143,6 +148,15 @@ class Statistics:
         check(self.n is None or (_is_int(self.n) and self.n >= 1), "--n must be at least 1")
         check(self.n0 is None or (_is_int(self.n0) and self.n0 >= 1), "--n0 must be at least 1")
         check(_is_int(self.seed) and 0 <= self.seed < 2**63, "--seed must be an integer from 0 to 2^63-1")
+        from .sequential import METHODS
+        check(not self.sequential or self.mode == "certify", "--sequential applies to certify only")
+        if self.radii is not None:
+            check(self.sequential, "--radii applies to --sequential runs (srtool report takes its own --radii)")
+            radii = tuple(float(r) for r in np.atleast_1d(self.radii))
+            check(radii and all(_is_number(r) and r > 0 for r in radii), "--radii must be positive numbers")
+            object.__setattr__(self, "radii", tuple(sorted(set(radii))))
+        check(_is_number(self.tolerance) and self.tolerance > 0, "--tolerance must be positive")
+        _choice(self.sequential_method, METHODS, "--sequential-method")
 
 
 @dataclass(frozen=True)
@@ -194,7 +208,8 @@ class Output:
 class Run:
     """One run: model, data source, plan, statistics, runtime and output. Frozen; checked on creation."""
     kind: str = "images"  # or "videos"
-    model: str | None = None  # default: the shipped model for the kind
+    model: str | tuple[str, ...] | None = None  # default: the shipped model; several: an ensemble
+    consensus: int | None = None  # ensembles: the first K members decide a copy where they agree
     data: str | None = None  # images or videos; default: the shipped sample / demo
     labels: str | None = None  # CSV of filename,label for a flat folder
     split: str | None = None  # videos: UCF-101 split list
@@ -205,11 +220,25 @@ class Run:
 
     def __post_init__(self):
         _choice(self.kind, KINDS, "kind")
+        if self.model is not None and not isinstance(self.model, (str, Path)):
+            models = tuple(str(m) for m in self.model)
+            check(len(models) >= 1, "--model: give at least one model")
+            object.__setattr__(self, "model", models if len(models) > 1 else models[0])
+        elif self.model is not None:
+            object.__setattr__(self, "model", str(self.model))
+        if self.consensus is not None:
+            check(_is_int(self.consensus) and 2 <= self.consensus < len(self.models),
+                  "--consensus K needs an ensemble of more than K models and K ≥ 2")
         if self.plan is None:
             object.__setattr__(self, "plan", ImagePlan() if self.kind == "images" else VideoPlan())
         expected = ImagePlan if self.kind == "images" else VideoPlan
         check(isinstance(self.plan, expected), f"a {self.kind} run takes a {expected.__name__}")
         check(self.kind == "videos" or self.split is None, "--split applies to videos")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model files, one per ensemble member (empty: the shipped default)."""
+        return () if self.model is None else (self.model,) if isinstance(self.model, str) else self.model
 
     @property
     def demo(self) -> bool:
@@ -236,20 +265,28 @@ class Job:
     executor: Callable = None  # pipeline.run's signature: local, or the Ray engine's loop
 
     def execute(self, on_row: Callable[[dict], None] = lambda row: None) -> None:
-        """Evaluate every input still to do, writing each row as it is done; Ctrl-C keeps them."""
+        """Evaluate every input still to do, writing each row as it is done. Whatever stops it (Ctrl-C,
+        an error) every finished row is kept, and the engine and the file's lock are freed."""
         try:
             self.executor(self.dataset, self.todo, self.plan, self.counter, self.settings, self.writer, on_row)
-        except KeyboardInterrupt:
-            self.writer.flush()  # every finished input is kept; the same run resumes
+        except BaseException:
+            try:
+                self.writer.flush()  # every finished input is kept; the same run resumes
+            except Exception:  # the disk is full, say: the error that stopped the run is the one to see
+                pass
+            self.close()
             raise
 
     def finish(self):
         """The single results table (pyarrow), sorted by index; the engine is closed."""
-        self.close()
+        self.counter.close()
         return self.writer.finish()
 
     def close(self) -> None:
+        """Free the engine and the results file's lock; the rows written so far stay for a resume."""
         self.counter.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def start(run: Run, worker: bool = False, quiet: bool = False) -> Job:
@@ -267,9 +304,23 @@ def start(run: Run, worker: bool = False, quiet: bool = False) -> Job:
     return job
 
 
-def load_run_model(run: Run):
+def load_run_models(run: Run) -> list:
+    """The run's models (an ensemble's members agree on input and classes); the first sets defaults."""
+    from .graph import check_members
     from .model import load_model
-    return load_model(run.model or asset(DEFAULT_MODEL if run.kind == "images" else DEFAULT_VIDEO_MODEL))
+
+    sources = run.models or (asset(DEFAULT_MODEL if run.kind == "images" else DEFAULT_VIDEO_MODEL),)
+    models = [load_model(source) for source in sources]
+    check_members(models)
+    return models
+
+
+def shipped_ensemble(sigma: float) -> list[Path]:
+    """The shipped Fashion-MNIST model for σ and the members trained beside it (srtool/assets/ensemble)."""
+    first = asset(f"fmnist_cnn_sigma{sigma:.2f}.onnx")
+    members = sorted(Path(str(ASSETS / "ensemble")).glob(f"fmnist_cnn_sigma{sigma:.2f}_seed*.onnx"))
+    check(first.is_file() and members, f"srtool ships no ensemble for σ = {sigma:g} (see models/fmnist_ensemble.md)")
+    return [first, *members]
 
 
 def settings_for(run: Run, model):
@@ -281,7 +332,9 @@ def settings_for(run: Run, model):
     check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
     n = s.n if s.n is not None else (DEMO_N if run.demo else PAPER_N)[run.kind]
     n0 = (s.n0 if s.n0 is not None else DEFAULT_N0[run.kind]) if s.mode == "certify" else 0
-    return Settings(mode=s.mode, sigma=float(sigma), alpha=float(s.alpha), n0=n0, n=n, seed=int(s.seed))
+    return Settings(mode=s.mode, sigma=float(sigma), alpha=float(s.alpha), n0=n0, n=n, seed=int(s.seed),
+                    sequential=s.sequential, radii=s.radii, tolerance=float(s.tolerance),
+                    sequential_method=s.sequential_method)
 
 
 def image_model_shape(model) -> tuple[int, int, int] | None:
@@ -326,6 +379,7 @@ def auto_batch(plan, n: int, device: str) -> int:
 
 
 def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | None = None):
+    """`model` is the (first) member whose output width gives the number of classes."""
     """The engine for `graph`: batch size resolved, noise mode and ORT options applied."""
     from .engine import VoteCounter, make_session
     from .model import infer_num_classes
@@ -340,20 +394,28 @@ def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | 
                        provider_options=rt.provider_options)
 
 
-def default_out(run: Run, model, settings, method: str, input_shape) -> Path:
+def default_out(run: Run, models: list, settings, method: str, input_shape) -> Path:
     """runs/<model>-<mode>-sigma<σ>-<method>-n<n>-<size>[-<noise>].parquet: every setting that
     usually differs between runs of one model is in the name, so two runs rarely collide."""
     size = "x".join(map(str, input_shape[-2:]))
     noise = "-device-noise" if run.runtime.noise == "device" else ""
-    return Path("runs") / f"{model.name}-{settings.mode}-sigma{settings.sigma:g}-{method}-n{settings.n}-{size}{noise}.parquet"
+    sequential = ""
+    if settings.sequential:
+        sequential = f"-seq-{settings.sequential_method}" + (
+            "-r" + "_".join(f"{r:g}" for r in settings.radii) if settings.radii else f"-tol{settings.tolerance:g}")
+    model = models[0].name + (f"-ens{len(models)}" if len(models) > 1 else "") + \
+        (f"-c{run.consensus}" if run.consensus else "")
+    return Path("runs") / (f"{model}-{settings.mode}-sigma{settings.sigma:g}-{method}-n{settings.n}-{size}"
+                           f"{noise}{sequential}.parquet")
 
 
-def _launch(run: Run, model, dataset, plan, graph, settings, method: str, extra: dict, worker: bool,
+def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str, extra: dict, worker: bool,
             values_per_call: int | None = None) -> Job:
     """Engine, results writer and the inputs still to do: the last step before any work."""
     from .data import check_labels
     from .results import ResultsWriter
 
+    model = models[0]
     counter = vote_counter(run, model, graph, plan, settings, values_per_call)
     check_labels(dataset, counter.num_classes)
     config = {
@@ -367,9 +429,15 @@ def _launch(run: Run, model, dataset, plan, graph, settings, method: str, extra:
         "skip": run.output.skip, "max": run.output.max,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if len(models) > 1:  # only then (and below), so that the runs made before these options still resume
+        config["members"] = [{"model": str(m.path), "model_sha256": m.sha256} for m in models]
+        config["consensus"] = run.consensus
+    if settings.sequential:
+        config["sequential"] = {"budget": settings.n, "radii": list(settings.radii) if settings.radii else None,
+                                "tolerance": settings.tolerance, "method": settings.sequential_method}
     if worker:  # a Ray worker rebuilding the driver's engine: only the driver writes
         return Job(run, dataset, plan, counter, settings, None, [], config)
-    out = Path(run.output.out) if run.output.out else default_out(run, model, settings, method, plan.input_shape)
+    out = Path(run.output.out) if run.output.out else default_out(run, models, settings, method, plan.input_shape)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         writer = ResultsWriter(out, config, overwrite=run.output.overwrite)
@@ -386,7 +454,8 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     from .data import align_labels, open_images
     from .graph import sampling_graph
 
-    model = load_run_model(run)
+    models = load_run_models(run)
+    model = models[0]
     dataset = open_images(run.data or asset(DEFAULT_IMAGES), run.labels)
     align_labels(dataset, model.classes)
     settings = settings_for(run, model)
@@ -395,17 +464,25 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     dataset.channels = model_shape[0] if model_shape else None
     dataset.size = spec.image_size
     # The run's input shape: the first readable image, converted as the model and options ask.
-    first = next((item for item in (dataset[i] for i in range(min(len(dataset), 32))) if item.image is not None), None)
-    check(first is not None, f"{dataset.source}: none of the first images could be read")
+    first, tried = None, []
+    for i in range(min(len(dataset), 32)):
+        item = dataset[i]
+        if item.image is not None:
+            first = item
+            break
+        tried.append(item.error)
+    check(first is not None, f"{dataset.source}: none of the first {len(tried)} images could be read "
+                             f"(the first: {tried[0] if tried else ''})")
     plan = image_plan(spec, model, first.image.shape)
-    graph = sampling_graph(model, plan)
-    return _launch(run, model, dataset, plan, graph, settings, spec.tag(), {"image_size": spec.image_size}, worker)
+    graph = sampling_graph(models, plan, run.consensus)
+    return _launch(run, models, dataset, plan, graph, settings, spec.tag(), {"image_size": spec.image_size}, worker)
 
 
 def _prepare_videos(run: Run, worker: bool) -> Job:
     from . import video as vid
 
-    model = load_run_model(run)
+    models = load_run_models(run)
+    model = models[0]
     dataset = vid.open_videos(run.data or asset(DEFAULT_VIDEOS), run.labels, run.split)
     vid.align_labels(dataset, model.classes)
     settings = settings_for(run, model)
@@ -413,9 +490,9 @@ def _prepare_videos(run: Run, worker: bool) -> Job:
     layout = vid.make_layout(model, spec.subvideo, spec.chunk, spec.stride, spec.reduce, spec.noise_space,
                              spec.short)
     dataset.channels, dataset.frame_hw = layout.frame_shape[0], layout.frame_shape[1:]
-    graph = vid.sampling_graph(model, layout)
+    graph = vid.sampling_graph(models, layout, run.consensus)
     # The layout, not one plan, goes to the pipeline: it gives each video the plan for its length.
-    job = _launch(run, model, dataset, layout.probe, graph, settings, vid.method_tag(layout),
+    job = _launch(run, models, dataset, layout.probe, graph, settings, vid.method_tag(layout),
                   {"split": dataset.split}, worker, values_per_call=VIDEO_VALUES_PER_CALL)
     job.plan = layout
     return job

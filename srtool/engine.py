@@ -28,7 +28,7 @@ import onnx
 
 from . import noise
 from .errors import UsageError
-from .graph import CLEAN, COPIES, NOISY, OFFSETS, VOTES, with_device_noise
+from .graph import CLEAN, COPIES, ESCALATED, NOISY, OFFSETS, VOTES, with_device_noise
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -146,6 +146,11 @@ class VoteCounter:
             raise UsageError("--noise device needs --device cuda: ONNX Runtime's CPU RandomNormal "
                              "(period 2^31) is not fit for certificates; use --noise host")
         self._feeds_offsets = any(i.name == OFFSETS for i in self.session.get_inputs())
+        # An ensemble with consensus says how many copies went past its first K members; counted
+        # here (not under IO binding, which fetches the votes only) for the forward-pass tally.
+        self._outputs = [VOTES] + [o.name for o in self.session.get_outputs() if o.name == ESCALATED]
+        self.escalated = 0  # copies that ran the whole ensemble, since this counter was made
+        self._escalated_lock = threading.Lock()
         # IO binding is the CUDA path; `io_binding=True` exercises the same code on the CPU (tests).
         self._binding_device = "cuda" if self.device == "cuda" else "cpu"
         self._use_binding = self.device == "cuda" if io_binding is None else io_binding
@@ -190,7 +195,11 @@ class VoteCounter:
         feeds = {NOISY: noisy}
         if self._feeds_offsets:
             feeds[OFFSETS] = offsets
-        return self.session.run([VOTES], feeds)[0]
+        votes, *escalated = self.session.run(self._outputs, feeds)
+        if escalated:
+            with self._escalated_lock:
+                self.escalated += int(escalated[0].sum())
+        return votes
 
     def _device_noise_votes(self, point: np.ndarray, copies: int, offsets: np.ndarray) -> np.ndarray:
         feeds = {CLEAN: point[None], COPIES: np.array([copies, *point.shape], dtype=np.int64)}
@@ -218,13 +227,16 @@ class VoteCounter:
         return device_votes.numpy().copy()  # the bound buffer is reused by the next call
 
     def count(self, point: np.ndarray, offsets: np.ndarray, num: int, sigma: float,
-              gaussian: noise.Gaussian, plan=None) -> np.ndarray:
-        """Votes per class over noisy copies 0 … num-1 of `gaussian`: point + sigma·z.
+              gaussian: noise.Gaussian, plan=None, first_copy: int = 0) -> np.ndarray:
+        """Votes per class over noisy copies first_copy … first_copy+num-1 of `gaussian`: point + sigma·z.
 
-        `plan` is the plan of this input where it differs from the counter's (videos: one per length).
+        Copies whose logits were not all finite vote for no class (graph.INVALID_VOTE): they are in
+        no count, so num - counts.sum() of them were invalid. `plan` is the plan of this input where
+        it differs from the counter's (videos: one per length). A sequential run counts a prefix of
+        the copies in rounds, each round starting at `first_copy`.
         """
         per_call = self.copies_per_call(plan if plan is not None else self.plan)
-        batches = iter(call_sizes(num, per_call, self.loops))
+        batches = iter((first_copy + first, size) for first, size in call_sizes(num, per_call, self.loops))
         for key in [key for key in self._bindings if key[1][1:] != point.shape]:
             del self._bindings[key]  # another video length: free its device buffers
         lock, stop = threading.Lock(), threading.Event()
@@ -255,10 +267,11 @@ class VoteCounter:
             raise
 
     def _tally(self, votes: np.ndarray) -> np.ndarray:
+        """Votes per class; INVALID_VOTE (-1, non-finite logits) counts for none."""
         if votes.size and votes.max() >= self.num_classes:
             raise UsageError(f"the model voted for class {int(votes.max())} but declares "
                              f"{self.num_classes} classes")
-        return np.bincount(votes, minlength=self.num_classes)
+        return np.bincount(votes + 1, minlength=self.num_classes + 1)[1:]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -2,6 +2,11 @@
 
 For each input: patch positions → noise point → votes on n0 (selection) and n (estimation) noisy
 copies from the input's own seeded streams → CERTIFY or PREDICT → one results row.
+
+Sequential CERTIFY (docs/sequential.md) reads the same estimation stream in rounds, up to the
+checkpoints of a sequential.SequentialTest, and stops when its rule says the answer is known; copy j
+is the fixed run's copy j, so a sequential row draws a prefix of the fixed run's copies. Copies whose
+logits were not finite vote for no class: they count against the selected class, never for it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numpy as np
+
 from . import noise, stats
+from .sequential import SequentialTest
 from .data import Dataset, Item
 from .engine import VoteCounter
 from .errors import InputError
@@ -26,14 +34,22 @@ class Settings:
     sigma: float
     alpha: float
     n0: int
-    n: int
+    n: int  # sequential: the budget, the most estimation copies an input may use
     seed: int
+    sequential: bool = False
+    radii: tuple[float, ...] | None = None  # sequential: decide these radii (None: estimate the radius)
+    tolerance: float = 0.02
+    sequential_method: str = "union"
+
+    def sequential_test(self, factor: float) -> SequentialTest:
+        return SequentialTest(alpha=self.alpha, budget=self.n, sigma=self.sigma, factor=factor, radii=self.radii,
+                              tolerance=self.tolerance, method=self.sequential_method)
 
 
 def _error_row(item: Item, message: str, seconds: float, columns: dict | None = None) -> dict:
     return {"index": item.index, "label": item.label, "predict": stats.ABSTAIN, "radius": 0.0,
             "correct": False, "p_lower": None, "p_value": None, "count": 0, "n": 0, "counts": [],
-            "radius_factor": None, "time_s": seconds, "path": item.path, "error": message,
+            "invalid": None, "radius_factor": None, "time_s": seconds, "path": item.path, "error": message,
             **(columns or {})}
 
 
@@ -52,21 +68,46 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     point = plan.noise_point(item.image, offsets)
     factor = plan.radius_factor(offsets)
     estimation = noise.Gaussian(s.seed, item.index, noise.ESTIMATION)
+
+    def votes(num: int, gaussian: noise.Gaussian, first: int = 0) -> np.ndarray:
+        return counter.count(point, offsets, num, s.sigma, gaussian, plan=plan, first_copy=first)
+
+    extra = {}
     if s.mode == "certify":
-        counts0 = counter.count(point, offsets, s.n0, s.sigma, noise.Gaussian(s.seed, item.index, noise.SELECTION),
-                                plan=plan)
-        counts = counter.count(point, offsets, s.n, s.sigma, estimation, plan=plan)
-        cert = stats.certify(counts0, counts, s.sigma, s.alpha, factor)
+        counts0 = votes(s.n0, noise.Gaussian(s.seed, item.index, noise.SELECTION))
+        if s.sequential:
+            counts, n, p_lower, extra["stop"] = _sequential(votes, estimation, int(np.argmax(counts0)),
+                                                            s.sequential_test(factor))
+        else:
+            counts, n = votes(s.n, estimation), s.n
+        cert = stats.certify(counts0, counts, s.sigma, s.alpha, factor, n=n,
+                             p_lower=p_lower if s.sequential else None)
         predict, radius, p_lower, p_value, count = cert.predict, cert.radius, cert.p_lower, None, cert.count
+        invalid = s.n0 + n - int(counts0.sum() + counts.sum())
     else:
-        counts = counter.count(point, offsets, s.n, s.sigma, estimation, plan=plan)
+        counts, n = votes(s.n, estimation), s.n
         predict, count, p_value = stats.predict(counts, s.alpha)
         radius, p_lower = None, None
+        invalid = n - int(counts.sum())
     return {"index": item.index, "label": item.label, "predict": predict, "radius": radius,
             "correct": bool(item.label >= 0 and predict == item.label), "p_lower": p_lower,
-            "p_value": p_value, "count": count, "n": s.n, "counts": counts.tolist(),
+            "p_value": p_value, "count": count, "n": n, "counts": counts.tolist(), "invalid": invalid,
             "radius_factor": factor, "time_s": time.perf_counter() - start, "path": item.path,
-            "error": None, **plan.columns}  # videos: frames read, sub-videos used
+            "error": None, **extra, **plan.columns,  # videos: frames read, sub-videos used
+            **({"rotated": True} if item.rotated else {})}
+
+
+def _sequential(votes, estimation: noise.Gaussian, selected: int, test: SequentialTest):
+    """Estimation copies in rounds up to the test's checkpoints, until its rule stops: (counts,
+    copies drawn, the anytime-valid lower bound on p_selected, why it stopped)."""
+    counts, drawn = None, 0
+    for k, upto in enumerate(test.checkpoints()):
+        more = votes(upto - drawn, estimation, drawn)
+        counts, drawn = more if counts is None else counts + more, upto
+        reason = test.stop(k, int(counts[selected]))
+        if reason is not None:
+            return counts, drawn, test.lower(k, int(counts[selected])), reason
+    raise AssertionError("the last checkpoint always stops")
 
 
 def run(dataset: Dataset, indices: Iterable[int], plan: Plan, counter: VoteCounter,

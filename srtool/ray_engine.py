@@ -80,7 +80,10 @@ def _comparable(config: dict) -> dict:
     """What every worker must agree on with the driver: all that decides a number, less file paths."""
     from .results import VOLATILE
 
-    return {k: v for k, v in config.items() if k not in VOLATILE and k not in PATH_KEYS}
+    comparable = {k: v for k, v in config.items() if k not in VOLATILE and k not in PATH_KEYS}
+    if "members" in comparable:  # an ensemble's members by content, not by where they lie
+        comparable["members"] = [member["model_sha256"] for member in comparable["members"]]
+    return comparable
 
 
 def _labels_digest(labels) -> str:
@@ -274,8 +277,12 @@ class RayEngine:
         worker = replace(self.run, runtime=replace(runtime, engine="local", address=None, workers=None,
                                                    gpus_per_worker=None, cpus_per_worker=None,
                                                    device=device, threads=threads))
-        absolute = replace(worker, **{name: str(Path(getattr(worker, name)).resolve()) for name in PATH_FIELDS
-                                      if getattr(worker, name) is not None and Path(getattr(worker, name)).exists()})
+        def resolved(value):  # a path, or the paths of an ensemble's members
+            if isinstance(value, tuple):
+                return tuple(resolved(v) for v in value)
+            return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+        absolute = replace(worker, **{name: resolved(getattr(worker, name)) for name in PATH_FIELDS})
         return os.getcwd(), worker, absolute
 
     def _start(self, config: dict, dataset, inputs: int) -> None:

@@ -76,7 +76,15 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         "abstention": float(np.mean(predict == -1)) if count else nan,
         "radius_factor": (min(factors) if factors else config.get("radius_factor")),
         "radii": list(radii),
+        "forward_per_input": _forward_per_input(table, config, valid),
+        "invalid": _total(table, "invalid"),  # copies whose logits were not finite
+        "rotated": _total(table, "rotated"),  # images turned upright by their EXIF orientation
     }
+    if config.get("sequential") and count:  # what a fixed-n run of the same budget would have cost
+        n0 = config.get("n0") or 0
+        copies = np.array(table.column("n").to_pylist(), dtype=float)[valid] + n0
+        summary["copies_per_input"] = float(copies.mean())
+        summary["saving"] = (n0 + config["sequential"]["budget"]) / float(copies.mean())
     if summary["mode"] == "certify":
         summary["acr"] = mean(correct * radius)
         summary["certified"] = {f"{r:g}": mean(correct & (radius >= r)) for r in radii}
@@ -84,6 +92,30 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
             all_radius = np.array([r or 0.0 for r in table.column("radius").to_pylist()])[valid]
             summary["mean_radius"] = float(np.mean(all_radius))
     return summary
+
+
+def _forward_per_input(table: pa.Table, config: dict, valid: np.ndarray) -> float:
+    """Mean forward passes of the base models per evaluated input: noisy copies (n0 + n drawn) times
+    views per copy (patches, or sub-videos × chunks) times ensemble members. With --consensus the
+    members past the first K run on fewer copies, so this is an upper bound there."""
+    if not valid.any():
+        return float("nan")
+    rows = [row for row, ok in zip(table.to_pylist(), valid) if ok]
+    members = len(config.get("members") or [None])
+    n0 = config.get("n0") or 0
+    if config.get("kind") == "video":
+        chunk = config.get("chunk") or 1
+        views = [(row.get("subvideos") or 1) * ((config.get("subvideo") or row.get("frames") or chunk) // chunk)
+                 for row in rows]
+    else:
+        views = [config.get("patches") or 1] * len(rows)
+    return float(np.mean([(n0 + row["n"]) * v * members for row, v in zip(rows, views)]))
+
+
+def _total(table: pa.Table, column: str) -> int:
+    if column not in table.column_names:
+        return 0
+    return int(sum(v for v in table.column(column).to_pylist() if v))
 
 
 def summaries(loaded: list[tuple[pa.Table, dict, str]], radii=None) -> list[dict]:
@@ -113,6 +145,12 @@ def load(paths) -> list[tuple[pa.Table, dict, str]]:
     return runs
 
 
+def _count(value) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k" if value >= 1e4 else f"{value:,.0f}"
+
+
 def _pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.1f}%"
 
@@ -121,7 +159,7 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
     """Short columns, so a summary fits an 80-column terminal; `acc` is certified accuracy at 0
     over the labelled inputs (`inputs` says how many are unlabelled, errors or still to do)."""
     radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
-    header = ["run", "n", "inputs", "acc", "abstain", "ACR", "factor"] + [f"@{r:g}" for r in radii]
+    header = ["run", "n", "inputs", "acc", "abstain", "ACR", "factor", "fwd/input"] + [f"@{r:g}" for r in radii]
     rows = []
     for s in summaries:
         factor = s["radius_factor"]
@@ -133,7 +171,8 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
                f"{s['inputs']}" + (f" ({', '.join(notes)})" if notes else ""),
                _pct(s["accuracy"]), _pct(s["abstention"]),
                "-" if "acr" not in s else f"{s['acr']:.3f}",
-               "-" if factor is None else f"{factor:.4g}"]
+               "-" if factor is None else f"{factor:.4g}",
+               _count(s.get("forward_per_input")) + (f" ({s['saving']:.1f}× less)" if "saving" in s else "")]
         row += [_pct(certified[f"{r:g}"]) if f"{r:g}" in certified else "-" for r in radii]
         rows.append(row)
     return header, rows

@@ -65,6 +65,7 @@ BASE_COLUMNS = [
     ("error", pa.string()),
 ]
 COLUMN_GROUPS = {
+    "image": [("rotated", pa.bool_())],  # turned upright as the file's EXIF orientation says
     "video": [("frames", pa.int64()), ("subvideos", pa.int64())],  # frames read, sub-videos used (k)
     "sequential": [("stop", pa.string())],  # why sampling stopped
 }
@@ -83,7 +84,7 @@ def results_schema(groups: Iterable[str] = ()) -> pa.Schema:
 def groups_for(config: dict) -> tuple[str, ...]:
     """The column groups a run's configuration implies: video runs (`kind` video) carry the video
     columns, sequential runs (a `sequential` entry) the stopping reason."""
-    groups = ("video",) if config.get("kind") in ("video", "videos") else ()
+    groups = ("video",) if config.get("kind") in ("video", "videos") else ("image",)
     return groups + (("sequential",) if config.get("sequential") else ())
 
 

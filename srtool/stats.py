@@ -36,12 +36,18 @@ class Certificate:
 
 
 def certify(counts0: np.ndarray, counts: np.ndarray, sigma: float, alpha: float,
-            radius_factor: float = 1.0) -> Certificate:
-    """CERTIFY from the selection counts (n0 votes) and the fresh estimation counts (n votes)."""
+            radius_factor: float = 1.0, n: int | None = None, p_lower: float | None = None) -> Certificate:
+    """CERTIFY from the selection counts (n0 votes) and the fresh estimation counts (n votes).
+
+    `n` is the number of estimation copies where some voted for no class (non-finite logits), so
+    that they count against the selected class; `p_lower` is a bound computed elsewhere (a
+    sequential run's anytime-valid one) in place of Clopper–Pearson at alpha on all n copies.
+    """
     selected = int(np.argmax(counts0))
-    n = int(counts.sum())
+    n = int(counts.sum()) if n is None else n
     count = int(counts[selected])
-    p_lower = lower_confidence_bound(count, n, alpha)
+    if p_lower is None:
+        p_lower = lower_confidence_bound(count, n, alpha)
     if p_lower <= 0.5:
         return Certificate(ABSTAIN, 0.0, p_lower, count)
     radius = sigma * float(norm.ppf(p_lower)) * radius_factor

@@ -219,15 +219,16 @@ def _wait_for_part(parts: Path, process, timeout=120):
     raise AssertionError("no part was written")
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
-def test_resume_after_a_real_kill_equals_an_uninterrupted_run(tmp_path, fmnist_like, how):
+@pytest.mark.parametrize("how, extra", [(signal.SIGKILL, []), (signal.SIGINT, []),
+                                        (signal.SIGKILL, ["--sequential", "--tolerance", "0.001"])])
+def test_resume_after_a_real_kill_equals_an_uninterrupted_run(tmp_path, fmnist_like, how, extra):
     model, data = fmnist_like
     big = tmp_path / "big.npz"
     archive = np.load(data)
     np.savez(big, x=np.concatenate([archive["x"]] * 8), y=np.concatenate([archive["y"]] * 8))  # 96 inputs
     out, reference = tmp_path / "r.parquet", tmp_path / "ref.parquet"
     args = ["certify", "--model", model, "--images", big, "--n0", 50, "--n", 8000, "--batch", 1000,
-            "--threads", 1, "--quiet"]
+            "--threads", 1, "--quiet", *extra]
     process = _spawn(args + ["--out", out])
     _wait_for_part(Path(f"{out}.parts"), process)
     process.send_signal(how)

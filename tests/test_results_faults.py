@@ -20,7 +20,8 @@ from srtool.errors import UsageError
 from srtool.results import COLUMN_GROUPS, BASE_COLUMNS, ResultsWriter, read_results
 
 CONFIG = {"command": "certify", "kind": "images", "sigma": 0.25, "n": 100, "seed": 0}
-IMAGE_COLUMNS = [name for name, _ in BASE_COLUMNS]
+BASE_NAMES = [name for name, _ in BASE_COLUMNS]
+IMAGE_COLUMNS = BASE_NAMES + ["rotated"]
 
 
 def row(index: int, **extra) -> dict:
@@ -274,16 +275,18 @@ def test_disk_full_while_merging_keeps_the_parts_and_finish_can_run_again(tmp_pa
 def test_image_tables_carry_no_video_columns(tmp_path):
     writer = ResultsWriter(tmp_path / "images.parquet", CONFIG)
     writer.add(row(0, invalid=3))
+    writer.add(row(1, rotated=True))  # turned upright by its EXIF orientation (image runs only)
     table = writer.finish()
     assert table.column_names == IMAGE_COLUMNS
-    assert "frames" not in table.column_names and table.column("invalid").to_pylist() == [3]
+    assert "frames" not in table.column_names and table.column("invalid").to_pylist() == [3, 0]
+    assert table.column("rotated").to_pylist() == [None, True]
     assert pq.read_table(tmp_path / "images.parquet").column_names == IMAGE_COLUMNS
 
 
 def test_video_and_sequential_runs_add_their_column_groups(tmp_path):
     video = ResultsWriter(tmp_path / "v.parquet", {**CONFIG, "kind": "video"})
     video.add(row(0, frames=64, subvideos=3))
-    assert video.finish().column_names == IMAGE_COLUMNS + ["frames", "subvideos"]
+    assert video.finish().column_names == BASE_NAMES + ["frames", "subvideos"]
 
     sequential = ResultsWriter(tmp_path / "s.parquet", {**CONFIG, "sequential": {"budget": 1000}})
     sequential.add(row(0, stop="certified"))
@@ -292,7 +295,7 @@ def test_video_and_sequential_runs_add_their_column_groups(tmp_path):
 
     explicit = ResultsWriter(tmp_path / "e.parquet", CONFIG, groups=["video", "sequential"])
     explicit.add(row(0, frames=16, stop="futile"))
-    assert explicit.finish().column_names == IMAGE_COLUMNS + ["frames", "subvideos", "stop"]
+    assert explicit.finish().column_names == BASE_NAMES + ["frames", "subvideos", "stop"]
     assert set(COLUMN_GROUPS) >= {"video", "sequential"}
 
     images = ResultsWriter(tmp_path / "i.parquet", CONFIG)
