@@ -227,3 +227,17 @@ def test_without_ray_the_error_says_how_to_install_it(tmp_path, ray_env, linear_
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "pip install 'srtool[ray]'" in lines[0], err
     assert not out.exists() and not Path(f"{out}.parts").exists()
+
+
+@needs_ray
+def test_ray_ensemble_sequential_table_equals_local_table(tmp_path, ray_env, linear_data, make_linear, capsys):
+    """An ensemble (the Run carries its members' paths) with sequential certification, over Ray."""
+    second = make_linear(np.full((28 * 28, 10), 0.001), np.zeros(10), (1, 28, 28), name="second.onnx")
+    common = ["certify", *linear_data, "--model", second, "--n0", 10, "--n", 2000, "--sequential",
+              "--radii", "0.1,0.2", "--max", 12, "--quiet"]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, capsys=capsys)[0] == 0
+    code, _, err = srtool(*common, "--out", distributed, "--engine", "ray", "--workers", 2, capsys=capsys)
+    assert code == 0, err
+    (a, config), (b, _) = read(local), read(distributed)
+    assert rows(a) == rows(b) and len(config["members"]) == 2 and config["sequential"]["radii"] == [0.1, 0.2]
