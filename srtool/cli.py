@@ -19,6 +19,9 @@ from . import core
 from .errors import UsageError
 
 
+SHOW_AFTER_RUN = 20  # runs of at most this many inputs print one line per input (as srtool show)
+
+
 def _apply(options: list, function):
     for option in reversed(options):
         function = option(function)
@@ -289,6 +292,8 @@ def _execute(run: core.Run, quiet: bool) -> None:
     table = job.finish()
     summary = summarize(table, job.config)
     if not quiet:
+        if table.num_rows <= SHOW_AFTER_RUN:  # a handful of photos: say what each one got
+            _show_table(job.writer.path)
         _print_summary([summary])
         click.echo(f"results: {job.writer.path}", err=True)
     if summary["rotated"]:
@@ -384,20 +389,33 @@ def report(runs, radii, fmt, plot):
 def show(run, fmt, errors_only):
     """One line per input: path or index, label and predicted class names, radius, p_lower, error."""
     from .api import read_results
+
+    results = read_results(run)
+    if results.partial:
+        click.echo(f"{run}: a partial run (interrupted or still going): {len(results)} inputs so far", err=True)
+    if fmt == "table":
+        _show_table(run, errors_only, results)
+        return
     from .report import per_input
 
-    header, rows = per_input(read_results(run), errors_only)
+    header, rows = per_input(results, errors_only)
     if fmt == "csv":
         import csv
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-    elif fmt == "json":
+    else:
         import json
         click.echo(json.dumps([dict(zip(header, row)) for row in rows], indent=1))
-    else:
-        _print_table(header, [["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-                              for row in rows])
+
+
+def _show_table(path, errors_only: bool = False, results=None) -> None:
+    from .api import read_results
+    from .report import per_input
+
+    header, rows = per_input(results or read_results(path), errors_only)
+    _print_table(header, [["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+                          for row in rows])
 
 
 @cli.command()
