@@ -154,10 +154,12 @@ class VoteCounter:
         # IO binding is the CUDA path; `io_binding=True` exercises the same code on the CPU (tests).
         self._binding_device = "cuda" if self.device == "cuda" else "cpu"
         self._use_binding = self.device == "cuda" if io_binding is None else io_binding
+        self.counts_escalations = len(self._outputs) > 1 and not self._use_binding
         self._bindings: dict[tuple[int, tuple[int, ...]], tuple] = {}  # (loop, batch shape) → binding
         self._buffers: dict[int, np.ndarray] = {}  # loop → its batch buffer, resized when the point's shape changes
         self._pool = ThreadPoolExecutor(max_workers=self.loops, thread_name_prefix="srtool-sampling")
         self._check_runs()
+        self.escalated = 0  # the probe batch above is not a copy of any input
 
     def copies_per_call(self, plan) -> int:
         """Noisy copies per ONNX Runtime call for `plan`: `batch`, or fewer under `values_per_call`."""

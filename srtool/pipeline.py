@@ -72,7 +72,7 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     def votes(num: int, gaussian: noise.Gaussian, first: int = 0) -> np.ndarray:
         return counter.count(point, offsets, num, s.sigma, gaussian, plan=plan, first_copy=first)
 
-    extra = {}
+    extra, escalated_before = {}, counter.escalated
     if s.mode == "certify":
         counts0 = votes(s.n0, noise.Gaussian(s.seed, item.index, noise.SELECTION))
         if s.sequential:
@@ -89,6 +89,8 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
         predict, count, p_value = stats.predict(counts, s.alpha)
         radius, p_lower = None, None
         invalid = n - int(counts.sum())
+    if counter.counts_escalations:  # an ensemble with consensus: copies that ran every member
+        extra["escalated"] = counter.escalated - escalated_before
     return {"index": item.index, "label": item.label, "predict": predict, "radius": radius,
             "correct": bool(item.label >= 0 and predict == item.label), "p_lower": p_lower,
             "p_value": p_value, "count": count, "n": n, "counts": counts.tolist(), "invalid": invalid,

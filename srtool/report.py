@@ -42,7 +42,10 @@ def method_name(config: dict) -> str:
 
 def run_label(config: dict) -> str:
     """A run's name in tables and legends: its own `label` where the writer gave one."""
-    return config.get("label") or f"{method_name(config)} σ={config.get('sigma'):g}"
+    members = config.get("members")
+    ensemble = f" ×{len(members)} models" if members else ""
+    ensemble += f" K={config['consensus']}" if config.get("consensus") else ""
+    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}"
 
 
 def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) -> dict:
@@ -96,12 +99,13 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
 
 def _forward_per_input(table: pa.Table, config: dict, valid: np.ndarray) -> float:
     """Mean forward passes of the base models per evaluated input: noisy copies (n0 + n drawn) times
-    views per copy (patches, or sub-videos × chunks) times ensemble members. With --consensus the
-    members past the first K run on fewer copies, so this is an upper bound there."""
+    views per copy (patches, or sub-videos × chunks) times ensemble members; with --consensus the
+    members past the first K count only on the copies that ran them (the `escalated` column)."""
     if not valid.any():
         return float("nan")
     rows = [row for row, ok in zip(table.to_pylist(), valid) if ok]
     members = len(config.get("members") or [None])
+    first = config.get("consensus") or members  # with consensus: the first K run on every copy
     n0 = config.get("n0") or 0
     if config.get("kind") == "video":
         chunk = config.get("chunk") or 1
@@ -109,7 +113,14 @@ def _forward_per_input(table: pa.Table, config: dict, valid: np.ndarray) -> floa
                  for row in rows]
     else:
         views = [config.get("patches") or 1] * len(rows)
-    return float(np.mean([(n0 + row["n"]) * v * members for row, v in zip(rows, views)]))
+    def passes(row: dict, views: int) -> float:
+        copies = n0 + row["n"]
+        escalated = row.get("escalated")
+        if first == members or escalated is None:  # no consensus, or not counted: every member ran
+            return copies * views * members
+        return (copies * first + escalated * (members - first)) * views
+
+    return float(np.mean([passes(row, v) for row, v in zip(rows, views)]))
 
 
 def _total(table: pa.Table, column: str) -> int:

@@ -3,6 +3,8 @@ checks on the members, the shipped ensemble, and the same table at any batch siz
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,13 @@ def test_consensus_runs_and_is_the_same_table_at_any_batch(tmp_path, members, ca
         tables.append(read(out))
     assert without_time(tables[0][0]) == without_time(tables[1][0])
     assert tables[0][1]["consensus"] == 2 and len(tables[0][1]["members"]) == 3
+    # the copies that ran the third member are counted per row, and the report's forward passes use them
+    rows = tables[0][0].to_pylist()
+    assert all(0 <= r["escalated"] <= 10 + 200 for r in rows) and any(r["escalated"] for r in rows)
+    code, stdout, _ = cli("report", tmp_path / "c7.parquet", "--format", "json", capsys=capsys)
+    summary = json.loads(stdout)[0]
+    expected = np.mean([((10 + 200) * 2 + r["escalated"]) * 4 for r in rows])  # K=2 always, member 3 when escalated; 4 views
+    assert summary["forward_per_input"] == pytest.approx(expected) and "×3 models K=2" in summary["label"]
     # the API with the same members and consensus gives the same rows
     x = np.load(data)["x"][:, None]
     cert = srtool.Smooth(paths, consensus=2, patches=4, resize=32).certify(x, n0=10, n=200)
