@@ -451,7 +451,7 @@ def bench(**o):
                           sampling=o["sampling"], reduce=o["reduce"], noise_space=o["noise_space"],
                           image_size=o["image_size"])
     runtime = core.Runtime(batch=_batch(o["batch"]), device=o["device"], noise=o["noise_mode"], threads=o["threads"])
-    core.check(o["seconds"] > 0, "--seconds must be positive")
+    core.check(0 < o["seconds"] <= 3600, "--seconds must be positive and at most 3600 (an hour)")
     copies_per_input = _copies_per_input(o["run_file"]) if o["run_file"] else None
     model = core.load_run_models(core.Run(model=o["model"]))[0]
     model_shape = core.image_model_shape(model)

@@ -46,6 +46,13 @@ VIDEO_VALUES_PER_CALL = 16 * 2**20
 
 KINDS = ("images", "videos")
 MODES = ("certify", "predict")
+# Upper bounds on options, far beyond any sensible run: past them srtool would hang or fail deep inside
+# (a graph node per patch, one arange per sub-video frame, a thread per loop, int64 result columns).
+MAX_PATCHES = 1024
+MAX_SIDE = 16_384  # pixels: --image-size, --patch-size, --resize
+MAX_FRAMES = 100_000
+MAX_THREADS = 1024
+MAX_COPIES = 2**63 - 1
 
 
 def asset(name: str) -> Path:
@@ -70,8 +77,10 @@ def _is_number(value) -> bool:
         and bool(np.isfinite(value))
 
 
-def _positive_or_none(value, option: str) -> None:
+def _positive_or_none(value, option: str, most: int | None = None) -> None:
     check(value is None or (_is_int(value) and value >= 1), f"{option} must be a positive integer")
+    if most is not None:
+        check(value is None or value <= most, f"{option} must be at most {most:,}")
 
 
 # -- the description of a run ------------------------------------------------------------------------
@@ -90,9 +99,10 @@ class ImagePlan:
     def __post_init__(self):
         from .plan import NOISE_SPACES, REDUCERS, SAMPLINGS
         check(_is_int(self.patches) and self.patches >= 1, "--patches must be at least 1")
-        _positive_or_none(self.patch_size, "--patch-size")
-        _positive_or_none(self.resize, "--resize")
-        _positive_or_none(self.image_size, "--image-size")
+        check(self.patches <= MAX_PATCHES, f"--patches must be at most {MAX_PATCHES:,}")
+        _positive_or_none(self.patch_size, "--patch-size", MAX_SIDE)
+        _positive_or_none(self.resize, "--resize", MAX_SIDE)
+        _positive_or_none(self.image_size, "--image-size", MAX_SIDE)
         _choice(self.sampling, SAMPLINGS, "--sampling")
         _choice(self.reduce, REDUCERS, "--reduce")
         _choice(self.noise_space, NOISE_SPACES, "--noise-space")
@@ -118,8 +128,8 @@ class VideoPlan:
 
     def __post_init__(self):
         from .plan import REDUCERS
-        _positive_or_none(self.subvideo, "--subvideo")
-        _positive_or_none(self.chunk, "--chunk")
+        _positive_or_none(self.subvideo, "--subvideo", MAX_FRAMES)
+        _positive_or_none(self.chunk, "--chunk", MAX_FRAMES)
         _positive_or_none(self.stride, "--stride")
         _choice(self.reduce, REDUCERS, "--reduce")
         _choice(self.noise_space, ("input", "patch"), "--noise-space")
@@ -147,6 +157,8 @@ class Statistics:
         check(_is_number(self.alpha) and 0 < self.alpha < 1, "--alpha must lie strictly between 0 and 1")
         check(self.n is None or (_is_int(self.n) and self.n >= 1), "--n must be at least 1")
         check(self.n0 is None or (_is_int(self.n0) and self.n0 >= 1), "--n0 must be at least 1")
+        check(self.n is None or self.n <= MAX_COPIES, "--n must be at most 2^63-1")
+        check(self.n0 is None or self.n0 <= MAX_COPIES, "--n0 must be at most 2^63-1")
         check(_is_int(self.seed) and 0 <= self.seed < 2**63, "--seed must be an integer from 0 to 2^63-1")
         from .sequential import METHODS
         check(not self.sequential or self.mode == "certify", "--sequential applies to certify only")
@@ -181,6 +193,7 @@ class Runtime:
         _choice(self.device, DEVICES, "--device")
         _choice(self.noise, ("host", "device"), "--noise")
         check(_is_int(self.threads) and self.threads >= 0, "--threads must be 0 (automatic) or more")
+        check(self.threads <= MAX_THREADS, f"--threads must be at most {MAX_THREADS:,} (0: one per core)")
         _choice(self.engine, ("local", "ray"), "--engine")
         if self.engine != "ray":
             given = [f"--{name.replace('_', '-')}" for name in ("address", "workers", "gpus_per_worker",

@@ -25,6 +25,7 @@ import gzip
 import io
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -255,20 +256,32 @@ def _tiff_orientation(tiff: bytes) -> int:
     return 1
 
 
+def _first_line(error: Exception) -> str:
+    """An exception's message for a one-line error: its first line, or its type where it says nothing."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _read_labels_csv(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        raise UsageError(f"labels file not found: {path}")
     labels = {}
     with open(path, newline="") as handle:
-        for row in csv.reader(handle):
-            if len(row) < 2 or row[0].strip().lower() in ("path", "filename", "file", "name"):
-                continue
-            try:
-                labels[row[0].strip()] = int(row[1])
-            except ValueError:
-                raise UsageError(f"{path}: label {row[1]!r} for {row[0]!r} is not an integer") from None
+        try:
+            rows = list(csv.reader(handle))
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise UsageError(f"{path}: not a CSV of filename,label rows ({_first_line(error)})") from None
+    for row in rows:
+        if len(row) < 2 or row[0].strip().lower() in ("path", "filename", "file", "name"):
+            continue
+        try:
+            labels[row[0].strip()] = int(row[1])
+        except ValueError:
+            raise UsageError(f"{path}: label {row[1]!r} for {row[0]!r} is not an integer") from None
     return labels
 
 
@@ -292,13 +305,18 @@ def _folder(root: Path, labels_csv: Path | None) -> Dataset:
 
 def _open_maybe_gzip(path: Path) -> bytes:
     raw = path.read_bytes()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    try:
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as error:
+        raise UsageError(f"{path}: damaged gzip file ({_first_line(error)})") from None
 
 
 def _parse_idx(raw: bytes, source: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UsageError(f"{source}: not an unsigned-byte IDX file")
     rank = raw[3]
+    if len(raw) < 4 + 4 * rank:
+        raise UsageError(f"{source}: IDX header is cut short (rank {rank}, {len(raw)} bytes)")
     dims = struct.unpack(f">{rank}I", raw[4:4 + 4 * rank])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank)
     if data.size != int(np.prod(dims)):
@@ -314,10 +332,12 @@ def _idx(path: Path) -> Dataset:
     candidates = [labels_path, labels_path.with_name(labels_path.name.removesuffix(".gz")),
                   labels_path.with_name(labels_path.name + ".gz")]
     found = next((p for p in candidates if p != path and p.is_file()), None)
-    labels = _parse_idx(_open_maybe_gzip(found), found).astype(int).tolist() if found else [-1] * len(images)
+    labels = _parse_idx(_open_maybe_gzip(found), found) if found else np.full(len(images), -1)
+    if labels.ndim != 1:
+        raise UsageError(f"{found}: an IDX labels file has 1 axis, this one has {labels.ndim}")
     if len(labels) != len(images):
         raise UsageError(f"{found}: {len(labels)} labels for {len(images)} images")
-    return Dataset(str(path), labels, lambda i: images[i])
+    return Dataset(str(path), labels.astype(int).tolist(), lambda i: images[i])
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -346,16 +366,22 @@ def _cifar_names(folder: Path) -> list[str] | None:
         except Exception:
             return None
     text = folder / "batches.meta.txt"
-    return [line.strip() for line in text.read_text().splitlines() if line.strip()] if text.is_file() else None
+    try:
+        return [line.strip() for line in text.read_text().splitlines() if line.strip()] if text.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _cifar_python(path: Path) -> Dataset:
     try:
         content = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        data = np.asarray(content[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        data = np.asarray(content[b"data"])
+        if data.dtype != np.uint8:  # a cast would turn floats or large numbers into other pixels, silently
+            raise ValueError(f"its data holds {data.dtype}, not uint8 pixels")
+        data = data.reshape(-1, 3, 32, 32)
         labels = [int(v) for v in content[b"labels"]]
     except Exception as error:
-        raise UsageError(f"{path}: not a CIFAR-10 python batch ({error})") from None
+        raise UsageError(f"{path}: not a CIFAR-10 python batch ({_first_line(error)})") from None
     return Dataset(str(path), labels, lambda i: data[i], class_names=_cifar_names(path.parent))
 
 
@@ -374,17 +400,26 @@ def _npz(path: Path) -> Dataset:
     try:
         archive = np.load(path, allow_pickle=False)
         x = archive["x"]
-        y = archive["y"].astype(int).tolist() if "y" in archive.files else [-1] * len(x)
+        y = _whole_labels(archive["y"]) if "y" in archive.files else [-1] * len(x)
     except KeyError:
         raise UsageError(f"{path}: an .npz dataset needs an array named 'x'") from None
     except Exception as error:
-        raise UsageError(f"{path}: cannot read as .npz ({str(error).splitlines()[0]})") from None
+        raise UsageError(f"{path}: cannot read as .npz ({_first_line(error)})") from None
     if x.ndim not in (3, 4):
         raise UsageError(f"{path}: x must be N×C×H×W, N×H×W×C or N×H×W, got shape {x.shape}")
+    if np.ndim(y) != 1:
+        raise UsageError(f"{path}: y must be a 1-D array with one label per image, got shape {np.shape(y)}")
     if len(y) != len(x):
         raise UsageError(f"{path}: {len(y)} labels for {len(x)} images")
     _check_pixel_range(x, path)
     return Dataset(str(path), y, lambda i: x[i])
+
+
+def _whole_labels(y: np.ndarray) -> list:
+    """y as int labels; float labels only where they are whole numbers (NaN is not label -2^63)."""
+    if y.dtype.kind == "f" and not np.all((y == np.round(y)) & (np.abs(y) < 2**62)):
+        raise ValueError("y holds labels that are not whole numbers")
+    return y.astype(int).tolist()
 
 
 def _check_pixel_range(x: np.ndarray, path: Path) -> None:

@@ -232,6 +232,8 @@ def cohen_tsv(table: pa.Table) -> str:
 
 def plot(runs, out: str | Path) -> None:
     """Certified accuracy against radius, one curve per certify run (the paper's figures)."""
+    if Path(out).is_dir() or not Path(out).suffix:  # matplotlib would write OUT.png, or ..png for "."
+        raise UsageError(f"--plot {out}: give the plot's file name with its type, e.g. curves.png")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -261,8 +263,12 @@ def plot(runs, out: str | Path) -> None:
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    figure.savefig(out, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        figure.savefig(out, bbox_inches="tight")
+    except (ValueError, OSError) as error:  # a file type matplotlib cannot write, a missing folder
+        raise UsageError(f"--plot {out}: {str(error).splitlines()[0]}") from None
+    finally:
+        plt.close(figure)
 
 
 def to_json(summaries: list[dict]) -> str:

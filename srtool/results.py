@@ -88,6 +88,29 @@ def groups_for(config: dict) -> tuple[str, ...]:
     return groups + (("sequential",) if config.get("sequential") else ())
 
 
+# Columns every row srtool writes fills (error rows too); readers and resumes rely on them.
+FILLED = ("index", "label", "predict", "correct", "n", "time_s")
+_TYPES = dict(BASE_COLUMNS + [f for group in COLUMN_GROUPS.values() for f in group])
+# Keys of the configuration the readers use, with the types srtool writes (None is allowed).
+CONFIG_TYPES = {"command": str, "kind": str, "label": str, "reduce": str, "noise_space": str,
+                "sigma": (int, float), "radius_factor": (int, float), "n": int, "n0": int, "patches": int,
+                "chunk": int, "subvideo": int, "stride": int, "classes": list, "members": list,
+                "sequential": dict, "consensus": int}
+
+
+def _damage(table: pa.Table) -> str | None:
+    """Why `table` cannot be rows srtool wrote (a column of another type, an empty cell where every
+    row has a value), or None. Damage inside a Parquet page can do either without a read error."""
+    if "index" not in table.column_names or table.column("index").null_count:
+        return "no input index"
+    for field in table.schema:
+        expected = _TYPES.get(field.name)
+        if expected is not None and field.type != expected and field.type != pa.null():
+            return f"column {field.name} holds {field.type}, not {expected}"
+    empty = [name for name in FILLED if name not in table.column_names or table.column(name).null_count]
+    return f"column {empty[0]} has empty cells" if empty else None
+
+
 def _conform(table: pa.Table, schema: pa.Schema, where: Path) -> pa.Table:
     """`table` with exactly `schema`'s columns; columns it lacks (added since it was written) are null.
 
@@ -166,10 +189,37 @@ def _read_finished(path: Path) -> tuple[pa.Table, dict]:
     metadata = table.schema.metadata or {}
     if METADATA_KEY not in metadata:
         raise UsageError(f"{path} is not an srtool results file (no '{METADATA_KEY.decode()}' metadata)")
+    config = _parse_config(metadata[METADATA_KEY], path)
+    damage = _damage(table)
+    if damage:
+        raise UsageError(f"{path} is damaged ({damage})")
+    return table, config
+
+
+def _parse_config(text: bytes, path: Path) -> dict:
+    """The configuration a results file stores: a JSON object, or the file is damaged."""
     try:
-        return table, json.loads(metadata[METADATA_KEY])
+        config = json.loads(text)
     except ValueError:
         raise UsageError(f"{path} is damaged (its srtool metadata is not JSON)") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} is damaged (its srtool metadata is not a JSON object)")
+    problem = _config_problem(config)
+    if problem:
+        raise UsageError(f"{path} is damaged (its srtool metadata {problem})")
+    return config
+
+
+def _config_problem(config: dict) -> str | None:
+    """What is wrong with a stored configuration (a key missing, or of a type srtool never writes)."""
+    for key in ("sigma", "n"):
+        if key not in config:
+            return f"has no {key}"
+    for key, kinds in CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"has {key} = {json.dumps(value)[:40]}"
+    return None
 
 
 def read_config(path: Path) -> dict:
@@ -180,10 +230,7 @@ def read_config(path: Path) -> dict:
         raise _unreadable(Path(path), error) from None
     if METADATA_KEY not in metadata:
         raise UsageError(f"{path} is not an srtool results file (no '{METADATA_KEY.decode()}' metadata)")
-    try:
-        return json.loads(metadata[METADATA_KEY])
-    except ValueError:
-        raise UsageError(f"{path} is damaged (its srtool metadata is not JSON)") from None
+    return _parse_config(metadata[METADATA_KEY], path)
 
 
 def _read_parts_config(parts: Path) -> dict:
@@ -191,9 +238,12 @@ def _read_parts_config(parts: Path) -> dict:
     if not config_file.is_file():
         raise UsageError(f"{parts} is not an srtool parts folder; remove it or use --overwrite")
     try:
-        return json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text())
     except (OSError, ValueError):
-        raise UsageError(f"{config_file} is damaged; use --overwrite to start over") from None
+        config = None
+    if not isinstance(config, dict) or _config_problem(config):
+        raise UsageError(f"{config_file} is damaged; use --overwrite to start over")
+    return config
 
 
 def _part_files(parts: Path) -> list[Path]:
@@ -203,8 +253,9 @@ def _part_files(parts: Path) -> list[Path]:
 def _read_part(part: Path) -> pa.Table:
     """One part as written; raises ValueError (or pyarrow's errors) when it is damaged."""
     table = pq.read_table(part)
-    if "index" not in table.column_names or table.column("index").null_count:
-        raise ValueError("no input index")
+    damage = _damage(table)
+    if damage:
+        raise ValueError(damage)
     return table
 
 
@@ -248,6 +299,8 @@ class ResultsWriter:
                  flush_rows: int = 256, flush_seconds: float = 2.0, *,
                  groups: Iterable[str] | None = None):
         self.path = Path(path)
+        if self.path.is_dir() or not self.path.name:
+            raise UsageError(f"{path} is a folder; give the results file's name, e.g. {Path(path) / 'run.parquet'}")
         self.parts = Path(f"{self.path}.parts")
         self.damaged = Path(f"{self.path}.damaged")  # where unreadable parts are set aside
         self.config = config

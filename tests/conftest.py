@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
-import pytest
-from onnx import TensorProto, helper
+import os
+
+# The fuzz tests (test_fuzz.py) decode damaged images whose headers may claim huge sizes; OpenCV
+# reads this cap once, when it is loaded, and by default allows 2^30 pixels (gigabytes per image).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 24))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+# Hypothesis profiles for test_fuzz.py: "ci" (the default; derandomized, so every run tries the same
+# examples, and the whole file runs in well under a minute on 2 cores) and "long", chosen with
+# `python -m pytest tests/test_fuzz.py --hypothesis-profile long` (random examples, many more).
+# Tests scale max_examples by their cost (test_fuzz.budget).
+_FUZZ = dict(deadline=None, database=None, print_blob=True,
+             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                    HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=20, derandomize=True, **_FUZZ)
+settings.register_profile("long", max_examples=500, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def linear_onnx(weights: np.ndarray, bias: np.ndarray, input_shape: tuple[int, ...], path,
