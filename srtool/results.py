@@ -68,6 +68,9 @@ COLUMN_GROUPS = {
     "image": [("rotated", pa.bool_())],  # turned upright as the file's EXIF orientation says
     "video": [("frames", pa.int64()), ("subvideos", pa.int64())],  # frames read, sub-videos used (k)
     "sequential": [("stop", pa.string())],  # why sampling stopped
+    # ensembles with --consensus: copies that ran every member (the first K disagreed); null where
+    # not counted (CUDA IO binding fetches the votes only)
+    "consensus": [("escalated", pa.int64())],
 }
 
 
@@ -85,7 +88,8 @@ def groups_for(config: dict) -> tuple[str, ...]:
     """The column groups a run's configuration implies: video runs (`kind` video) carry the video
     columns, sequential runs (a `sequential` entry) the stopping reason."""
     groups = ("video",) if config.get("kind") in ("video", "videos") else ("image",)
-    return groups + (("sequential",) if config.get("sequential") else ())
+    return groups + (("sequential",) if config.get("sequential") else ()) + \
+        (("consensus",) if config.get("consensus") else ())
 
 
 # Columns every row srtool writes fills (error rows too); readers and resumes rely on them.
