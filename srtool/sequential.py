@@ -15,6 +15,7 @@ reported, so it costs no soundness. docs/sequential.md has the reasoning and the
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -25,9 +26,10 @@ from .stats import lower_confidence_bound
 
 METHODS = ("union", "staged")
 REASONS = ("certified", "futile", "abstain", "tolerance", "budget")
-FIRST, RATIO = 100, 2  # union: geometric checkpoints 100, 200, 400, ... below the budget
+FIRST, RATIO = 100, 1.5  # union: geometric checkpoints 100, 150, 225, ... below the budget
+BUDGET_SHARE, GRID_SHARE = 0.5, 0.25  # union: the shares of alpha at the budget and at the grid's checkpoints
 STAGES = (1_000, 10_000, 125_000)  # staged: Horvath et al.'s stage sizes, capped at the budget
-FUTILITY = 0.001  # level of the upper bound that only decides to give up
+FUTILITY = 0.05  # level of the upper bound that only decides to give up (a cost, never a soundness, choice)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -77,7 +79,7 @@ class SequentialTest:
 
     def lower(self, k: int, successes: int) -> float:
         """Lower bound on p_c at checkpoint k, valid whatever rule chose to stop there."""
-        return _lower(successes, self._trials(k, successes), self._schedule[1])
+        return _lower(successes, self._trials(k, successes), self._schedule[1][k])
 
     def upper(self, k: int, successes: int) -> float:
         """Upper bound at level FUTILITY; for stopping only."""
@@ -112,16 +114,30 @@ class SequentialTest:
         return None
 
     @cached_property
-    def _schedule(self) -> tuple[tuple[int, ...], float]:
-        """(checkpoints, alpha_k): the same level at every checkpoint, alpha / K."""
+    def _schedule(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(checkpoints, alpha_k): fixed from the fields alone, never from votes; sum(alpha_k) = alpha.
+
+        staged: alpha / K at each stage. union: half of alpha at the budget, so a row that runs to it is
+        nearly the fixed run's; a quarter shared by the grid's checkpoints, where confident inputs stop;
+        the rest shared by the geometric ones. A share with no checkpoint of its own goes to the budget,
+        and checkpoints that coincide add their shares.
+        """
         if self.method == "staged":
-            points = {s for s in STAGES if s < self.budget} | {self.budget}
-            return tuple(sorted(points)), self.alpha / len(points)
-        geometric = [FIRST * RATIO**i for i in range(64) if FIRST * RATIO**i * 1.5 <= self.budget]
-        level = self.alpha / (len(geometric) + 1 + len(self.radii or ()))  # K can only shrink
-        grid = (self._all_votes_certify(r, level) for r in self.radii or ())
-        points = {*geometric, self.budget, *(n for n in grid if n < self.budget)}
-        return tuple(sorted(points)), self.alpha / len(points)
+            points = sorted({s for s in STAGES if s < self.budget} | {self.budget})
+            return tuple(points), (self.alpha / len(points),) * len(points)
+        radii = self.radii or ()
+        geometric = [round(FIRST * RATIO**i) for i in range(64) if FIRST * RATIO**i * 1.5 <= self.budget]
+        early = defaultdict(float)
+        for n in geometric:
+            early[n] += self.alpha * (1 - BUDGET_SHARE - (GRID_SHARE if radii else 0)) / len(geometric)
+        for r in radii:
+            level = self.alpha * GRID_SHARE / len(radii)
+            n = self._all_votes_certify(r, level)
+            if n < self.budget:
+                early[n] += level
+        points = sorted(early) + [self.budget]
+        levels = [early[n] for n in points[:-1]] + [self.alpha - math.fsum(early.values())]
+        return tuple(points), tuple(levels)
 
     def _all_votes_certify(self, r: float, level: float) -> int:
         """Smallest n at which n votes out of n certify r at this level (where confident inputs stop)."""
@@ -145,7 +161,7 @@ class SequentialTest:
             row = []
             for r in self.radii:
                 p_star = float(norm.cdf(r / (self.sigma * self.factor)))
-                s = min(n + 1, int(binom.isf(self._schedule[1], n, p_star)) + 1)
+                s = min(n + 1, int(binom.isf(self._schedule[1][k], n, p_star)) + 1)
                 while s > 0 and self.radius(k, s - 1) >= r:
                     s -= 1
                 while s <= n and self.radius(k, s) < r:

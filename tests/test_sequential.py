@@ -8,7 +8,7 @@ from scipy.stats import binom, norm
 
 from srtool import stats
 from srtool.errors import UsageError
-from srtool.sequential import METHODS, REASONS, SequentialTest
+from srtool.sequential import BUDGET_SHARE, FUTILITY, GRID_SHARE, METHODS, REASONS, SequentialTest
 
 
 def fewest(holds, n):
@@ -107,9 +107,9 @@ def test_all_votes_stop_where_the_largest_grid_radius_is_certified():
     test = SequentialTest(0.001, 100_000, sigma=1.0, radii=(1.0, 2.0, 3.0))
     points = test.checkpoints()
     first = [next(n for k, n in enumerate(points) if test.radius(k, n) >= r) for r in (1, 2, 3)]
-    assert first == [56, 415, 7068]  # fixed-n Cohen: 40, 301, 5114 (ln alpha / ln Phi(r))
+    assert first == [55, 409, 6954]  # fixed-n Cohen: 40, 301, 5114 (ln alpha / ln Phi(r))
     k, reason = run(test, 1.0)
-    assert (points[k], reason) == (7068, "certified")
+    assert (points[k], reason) == (6954, "certified")
     assert all(test.stop(j, n) is None for j, n in enumerate(points[:k]))
     # Horvath's stages: the 3 sigma radius waits for the 10,000 stage.
     staged = SequentialTest(0.001, 100_000, sigma=1.0, radii=(1.0, 2.0, 3.0), method="staged")
@@ -124,7 +124,7 @@ def test_a_hopeless_grid_radius_is_given_up_at_once():
     # Both decided early: 1 sigma certified, 3 sigma out of reach at p = 0.9.
     test = SequentialTest(0.001, 100_000, sigma=1.0, radii=(1.0, 3.0))
     k, reason = run(test, 0.9)
-    assert (test.checkpoints()[k], reason) == (800, "certified")
+    assert (test.checkpoints()[k], reason) == (759, "certified")
 
 
 def test_radius_estimation_stops_by_tolerance_or_abstains():
@@ -164,7 +164,7 @@ def test_one_checkpoint_is_the_fixed_n_certificate(radii):
 
 def test_schedules():
     union = SequentialTest(0.01, 1000, sigma=1.0)
-    assert union.checkpoints() == (100, 200, 400, 1000)
+    assert union.checkpoints() == (100, 150, 225, 338, 506, 1000)
     staged = SequentialTest(0.01, 200_000, 1.0, method="staged")
     assert staged.checkpoints() == (1000, 10_000, 125_000, 200_000)
     assert SequentialTest(0.01, 500, 1.0, method="staged").checkpoints() == (500,)
@@ -174,10 +174,27 @@ def test_schedules():
     assert set(REASONS) == {"certified", "futile", "abstain", "tolerance", "budget"}
 
 
+def levels(test):
+    """alpha_k per checkpoint, recovered from the bound itself: CP_lower(n, n, a) = a ** (1 / n)."""
+    return [test.lower(k, n) ** n for k, n in enumerate(test.checkpoints())]
+
+
+def test_the_split_of_alpha():
+    grid = SequentialTest(0.001, 100_000, sigma=1.0, radii=(1.0, 2.0, 3.0))
+    split = levels(grid)
+    assert math.fsum(split) == pytest.approx(0.001, rel=1e-9)
+    assert split[-1] == pytest.approx(BUDGET_SHARE * 0.001, rel=1e-9)  # the budget's half
+    at_grid = [a for n, a in zip(grid.checkpoints(), split) if n in (55, 409, 6954)]
+    assert at_grid == pytest.approx([GRID_SHARE * 0.001 / 3] * 3, rel=1e-9)
+    # No grid: the geometric checkpoints share the other half. One checkpoint: the budget takes all.
+    assert math.fsum(levels(SequentialTest(0.001, 100_000, sigma=1.0))[:-1]) == pytest.approx(0.0005, rel=1e-9)
+    assert levels(SequentialTest(0.01, 120, sigma=1.0, radii=(3.0,))) == pytest.approx([0.01], rel=1e-9)
+
+
 def test_the_upper_bound_is_clopper_pearson():
     test = SequentialTest(0.01, 1000, sigma=1.0)
     assert test.upper(0, 100) == 1.0
-    assert binom.cdf(60, 100, test.upper(0, 60)) == pytest.approx(0.001, rel=1e-6)
+    assert binom.cdf(60, 100, test.upper(0, 60)) == pytest.approx(FUTILITY, rel=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [
