@@ -74,7 +74,7 @@ def plan_options(function):
                      help="Folder (ImageFolder or flat), image file, CIFAR-10 batch, IDX file or .npz "
                           f"(default: shipped {core.DEFAULT_IMAGES}, 500 Fashion-MNIST test images)."),
         click.option("--labels", type=click.Path(), default=None,
-                     help="CSV of filename,label for a flat image folder."),
+                     help="CSV of filename,label for a flat image folder or one image (other formats carry their own labels)."),
         click.option("--image-size", type=int, default=None,
                      help="Resize images on load (shorter side, then centre crop) to this square size. "
                           "Certificates hold for the loaded image."),

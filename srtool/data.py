@@ -485,6 +485,10 @@ def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Datas
     if not path.exists():
         raise UsageError(f"images not found: {path}")
     name = path.name.lower()
+    flat = path.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    if labels_csv and not (flat or path.suffix.lower() in IMAGE_SUFFIXES):
+        raise UsageError(f"--labels names the labels of a flat folder of images (or of one image); {path} "
+                         "carries its own labels (class folders or the dataset file)")
     if path.is_dir():
         dataset = _folder(path, Path(labels_csv) if labels_csv else None)
     elif name.endswith(".npz"):
@@ -494,7 +498,9 @@ def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Datas
     elif name.endswith(".bin"):
         dataset = _cifar_binary(path)
     elif path.suffix.lower() in IMAGE_SUFFIXES:
-        dataset = Dataset(str(path), [-1], lambda i: _read_image_file(str(path)), [str(path)])
+        known = _read_labels_csv(Path(labels_csv)) if labels_csv else {}
+        dataset = Dataset(str(path), [known.get(path.name, known.get(str(path), -1))],
+                          lambda i: _read_image_file(str(path)), [str(path)])
     elif name.startswith(("data_batch", "test_batch")):
         dataset = _cifar_python(path)
     else:

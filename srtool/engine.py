@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -88,18 +89,18 @@ def provider_name(session) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def call_sizes(num: int, per_call: int, loops: int) -> list[tuple[int, int]]:
+def call_sizes(num: int, per_call: int, loops: int) -> Iterator[tuple[int, int]]:
     """(first copy, copies) of each call for `num` copies: full calls while there is plenty of work,
     then shrinking ones (a share of what is left, at least per_call/8), so that the sampling loops
-    finish an input together instead of one running a last full batch while the others wait."""
+    finish an input together instead of one running a last full batch while the others wait.
+    A generator: a huge --n costs nothing until its calls are drawn."""
     smallest = max(1, min(per_call, num) // 8)
-    calls, first = [], 0
+    first = 0
     while first < num:
         left = num - first
         size = min(left, per_call, max(smallest, -(-left // loops)))
-        calls.append((first, size))
+        yield first, size
         first += size
-    return calls
 
 
 def sampling_loops(on_cuda: bool, threads: int, device_noise: bool = False) -> int:

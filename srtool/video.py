@@ -342,6 +342,11 @@ def open_videos(path: str | Path, labels_csv: str | Path | None = None,
     class_index = _find_class_index(path, split_path)
     if split_path is None and class_index is not None and (class_index.parent / "testlist01.txt").is_file():
         split_path = class_index.parent / "testlist01.txt"  # UCF-101's first test split, as the paper
+    labelled = class_index is not None or split_path is not None or any(
+        p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    if labels_csv is not None and labelled:
+        raise UsageError(f"--labels names the labels of a flat folder of videos; {path} carries its own labels "
+                         "(class folders or a UCF-101 class list)")
     if class_index is not None or split_path is not None:
         dataset = _ucf101(path, class_index, split_path)
     else:

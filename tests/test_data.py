@@ -46,6 +46,18 @@ def test_flat_folder_with_labels_csv_and_an_unreadable_file(tmp_path):
     assert open_images(tmp_path).labels == [-1, -1, -1]  # no CSV: unknown labels
 
 
+def test_labels_csv_is_refused_where_the_dataset_carries_its_own_labels(tmp_path):
+    (tmp_path / "labels.csv").write_text("a.png,3\n")
+    folder = tmp_path / "classes"
+    (folder / "ant").mkdir(parents=True)
+    cv2.imwrite(str(folder / "ant" / "a.png"), images_uint8(1, (6, 6))[0])
+    np.savez(tmp_path / "x.npz", x=images_uint8(2, (6, 6)), y=np.array([1, 2]))
+    for source in (folder, tmp_path / "x.npz"):
+        with pytest.raises(UsageError, match="--labels names the labels of a flat folder"):
+            open_images(source, tmp_path / "labels.csv")
+    assert open_images(folder / "ant" / "a.png", tmp_path / "labels.csv").labels == [3]  # one image: by its name
+
+
 def test_channels_and_resize_on_load():
     rgb = np.moveaxis(images_uint8(1, (10, 20, 3))[0], -1, 0) / 255.0
     gray = conform(rgb.astype(np.float32), channels=1, size=None)

@@ -160,7 +160,7 @@ def test_call_sizes_cover_every_copy_once_and_shrink_at_the_end():
     from srtool.engine import call_sizes
 
     for num, per_call, loops in [(100_000, 1000, 2), (100, 1000, 2), (1, 50, 4), (130, 48, 1), (999, 7, 3)]:
-        calls = call_sizes(num, per_call, loops)
+        calls = list(call_sizes(num, per_call, loops))
         firsts = [first for first, _ in calls]
         sizes = [size for _, size in calls]
         assert firsts == list(np.cumsum([0] + sizes[:-1])) and sum(sizes) == num

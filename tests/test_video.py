@@ -403,6 +403,9 @@ def test_flat_folder_with_labels_csv(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no videos found"):
         vid.open_videos(tmp_path / "empty")
+    (tmp_path / "v" / "up").mkdir()  # class folders carry their own labels: a CSV would be ignored
+    with pytest.raises(UsageError, match="--labels names the labels of a flat folder"):
+        vid.open_videos(tmp_path / "v", tmp_path / "labels.csv")
 
 
 def test_align_labels_to_the_model_classes(tmp_path):
