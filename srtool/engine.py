@@ -155,7 +155,7 @@ class VoteCounter:
         # IO binding is the CUDA path; `io_binding=True` exercises the same code on the CPU (tests).
         self._binding_device = "cuda" if self.device == "cuda" else "cpu"
         self._use_binding = self.device == "cuda" if io_binding is None else io_binding
-        self.counts_escalations = len(self._outputs) > 1 and not self._use_binding
+        self.counts_escalations = len(self._outputs) > 1  # a consensus graph, on any path
         self._bindings: dict[tuple[int, tuple[int, ...]], tuple] = {}  # (loop, batch shape) → binding
         self._buffers: dict[int, np.ndarray] = {}  # loop → its batch buffer, resized when the point's shape changes
         self._pool = ThreadPoolExecutor(max_workers=self.loops, thread_name_prefix="srtool-sampling")
@@ -199,16 +199,22 @@ class VoteCounter:
         if self._feeds_offsets:
             feeds[OFFSETS] = offsets
         votes, *escalated = self.session.run(self._outputs, feeds)
+        self._add_escalated(escalated)
+        return votes
+
+    def _add_escalated(self, escalated: list[np.ndarray]) -> None:
+        """Add a consensus call's ESCALATED output (absent for other graphs) to the copies escalated."""
         if escalated:
             with self._escalated_lock:
                 self.escalated += int(escalated[0].sum())
-        return votes
 
     def _device_noise_votes(self, point: np.ndarray, copies: int, offsets: np.ndarray) -> np.ndarray:
         feeds = {CLEAN: point[None], COPIES: np.array([copies, *point.shape], dtype=np.int64)}
         if self._feeds_offsets:
             feeds[OFFSETS] = offsets
-        return self.session.run([VOTES], feeds)[0]
+        votes, *escalated = self.session.run(self._outputs, feeds)
+        self._add_escalated(escalated)
+        return votes
 
     def _bound_votes(self, noisy: np.ndarray, offsets: np.ndarray, loop: int) -> np.ndarray:
         import onnxruntime as ort
@@ -221,12 +227,17 @@ class VoteCounter:
                                                                     self._binding_device, 0)
             binding.bind_ortvalue_input(NOISY, device_input)
             binding.bind_ortvalue_output(VOTES, device_votes)
-            self._bindings[key] = (binding, device_input, device_votes)
-        binding, device_input, device_votes = self._bindings[key]
+            escalated = []  # consensus graphs: the one-number count, on the host
+            if ESCALATED in self._outputs:
+                escalated.append(ort.OrtValue.ortvalue_from_shape_and_type((1,), np.int64, "cpu", 0))
+                binding.bind_ortvalue_output(ESCALATED, escalated[0])
+            self._bindings[key] = (binding, device_input, device_votes, escalated)
+        binding, device_input, device_votes, escalated = self._bindings[key]
         device_input.update_inplace(np.ascontiguousarray(noisy))
         if self._feeds_offsets:
             binding.bind_cpu_input(OFFSETS, np.ascontiguousarray(offsets))
         self.session.run_with_iobinding(binding)
+        self._add_escalated([value.numpy() for value in escalated])
         return device_votes.numpy().copy()  # the bound buffer is reused by the next call
 
     def count(self, point: np.ndarray, offsets: np.ndarray, num: int, sigma: float,

@@ -117,6 +117,24 @@ def test_certify_on_cuda_with_device_noise(tmp_path, capsys):
     assert np.mean(distances) < 0.1 and np.max(distances) < 0.25
 
 
+def test_consensus_ensemble_on_cuda_counts_escalated_copies(tmp_path, capsys):
+    """Under IO binding the consensus graph's escalated count is bound beside the votes: the same
+    votes and the same escalated copies as the CPU, input by input (up to float differences)."""
+    tables = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"ens-{device}.parquet"
+        code, _, err = srtool("certify", "--ensemble", "--consensus", 2, "--images", SAMPLE, "--max", 6, "--n0", 50,
+                              "--n", 500, "--batch", 128, "--device", device, "--out", out, "--quiet", capsys=capsys)
+        assert code == 0, err
+        tables[device] = read(out)
+    assert tables["cuda"][1]["device"] == "cuda"
+    cpu_rows, cuda_rows = tables["cpu"][0].to_pylist(), tables["cuda"][0].to_pylist()
+    assert all(r["escalated"] is not None for r in cuda_rows)
+    report("consensus_escalated_cpu_vs_cuda", [[a["escalated"], b["escalated"]] for a, b in zip(cpu_rows, cuda_rows)])
+    assert sum(r["escalated"] for r in cuda_rows) == pytest.approx(sum(r["escalated"] for r in cpu_rows), rel=0.1,
+                                                                  abs=5)
+
+
 def test_host_noise_counts_on_cuda_equal_the_cpu(tmp_path, capsys):
     options = ("--max", 20, "--n0", 100, "--n", 1000, "--batch", 200, "--seed", 7)
     cpu, _ = certify(tmp_path, "cpu", "--device", "cpu", *options, capsys=capsys)

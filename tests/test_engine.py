@@ -44,6 +44,25 @@ def test_io_binding_path_gives_the_same_votes(counters):
     assert len(bound._bindings) <= bound.loops * len(sizes)
 
 
+def test_io_binding_counts_escalated_copies_of_a_consensus_ensemble(make_linear):
+    """The consensus graph's second output (copies escalated to the whole ensemble) is bound too: the
+    bound path reports the plain path's count, not nothing."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((36, 4)) * 0.3  # members near one model: they mostly, not always, agree
+    models = [load_model(make_linear(base + rng.normal(0, 0.1, base.shape), np.zeros(4), (1, 6, 6),
+                                     name=f"m{i}.onnx")) for i in range(3)]
+    plan = Plan((1, 6, 6), (6, 6), (6, 6), patches=1)
+    graph = sampling_graph(models, plan, consensus=2)
+    point = rng.random((1, 6, 6), dtype=np.float32)
+    counts, escalated = [], []
+    for binding in (False, True):
+        counter = VoteCounter(graph, plan, 4, 32, "cpu", io_binding=binding)
+        counts.append(counter.count(point, plan.offsets(0, 0), 100, 0.5, noise.Gaussian(0, 0, noise.ESTIMATION)))
+        escalated.append(counter.escalated)
+        counter.close()
+    assert np.array_equal(*counts) and escalated[0] == escalated[1] and 0 < escalated[0] < 100
+
+
 def test_device_noise_graph_wiring(counters):
     """The in-graph noise adds N(0, σ²) to the broadcast clean point. Checked on the CPU kernel for
     wiring only; certification with it on the CPU is refused (next test)."""
