@@ -35,6 +35,10 @@ import numpy as np
 
 from .errors import UsageError
 
+# A file OpenCV cannot decode becomes an error row that says so; its own WARN lines on stderr would
+# only break into the progress bar.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
