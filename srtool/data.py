@@ -266,6 +266,11 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def class_folders(root: Path) -> list[str]:
+    """The class sub-folders of a dataset folder, sorted (hidden ones skipped); none for a flat folder."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
@@ -290,7 +295,7 @@ def _read_labels_csv(path: Path) -> dict[str, int]:
 
 
 def _folder(root: Path, labels_csv: Path | None) -> Dataset:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     if classes:
         paths, labels = [], []
         for label, name in enumerate(classes):
@@ -489,7 +494,7 @@ def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Datas
     if not path.exists():
         raise UsageError(f"images not found: {path}")
     name = path.name.lower()
-    flat = path.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    flat = path.is_dir() and not class_folders(path)
     if labels_csv and not (flat or path.suffix.lower() in IMAGE_SUFFIXES):
         raise UsageError(f"--labels names the labels of a flat folder of images (or of one image); {path} "
                          "carries its own labels (class folders or the dataset file)")

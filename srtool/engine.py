@@ -155,12 +155,16 @@ class VoteCounter:
         # IO binding is the CUDA path; `io_binding=True` exercises the same code on the CPU (tests).
         self._binding_device = "cuda" if self.device == "cuda" else "cpu"
         self._use_binding = self.device == "cuda" if io_binding is None else io_binding
-        self.counts_escalations = len(self._outputs) > 1  # a consensus graph, on any path
         self._bindings: dict[tuple[int, tuple[int, ...]], tuple] = {}  # (loop, batch shape) → binding
         self._buffers: dict[int, np.ndarray] = {}  # loop → its batch buffer, resized when the point's shape changes
         self._pool = ThreadPoolExecutor(max_workers=self.loops, thread_name_prefix="srtool-sampling")
         self._check_runs()
         self.escalated = 0  # the probe batch above is not a copy of any input
+
+    @property
+    def counts_escalations(self) -> bool:
+        """A consensus graph: every call also reports the copies that ran the whole ensemble."""
+        return ESCALATED in self._outputs
 
     def copies_per_call(self, plan) -> int:
         """Noisy copies per ONNX Runtime call for `plan`: `batch`, or fewer under `values_per_call`."""
@@ -228,7 +232,7 @@ class VoteCounter:
             binding.bind_ortvalue_input(NOISY, device_input)
             binding.bind_ortvalue_output(VOTES, device_votes)
             escalated = []  # consensus graphs: the one-number count, on the host
-            if ESCALATED in self._outputs:
+            if self.counts_escalations:
                 escalated.append(ort.OrtValue.ortvalue_from_shape_and_type((1,), np.int64, "cpu", 0))
                 binding.bind_ortvalue_output(ESCALATED, escalated[0])
             self._bindings[key] = (binding, device_input, device_votes, escalated)

@@ -68,8 +68,8 @@ COLUMN_GROUPS = {
     "image": [("rotated", pa.bool_())],  # turned upright as the file's EXIF orientation says
     "video": [("frames", pa.int64()), ("subvideos", pa.int64())],  # frames read, sub-videos used (k)
     "sequential": [("stop", pa.string())],  # why sampling stopped
-    # ensembles with --consensus: copies that ran every member (the first K disagreed); null where
-    # not counted (CUDA IO binding fetches the votes only)
+    # ensembles with --consensus: copies that ran every member (the first K disagreed); null in files
+    # written before the CUDA path counted them
     "consensus": [("escalated", pa.int64())],
 }
 

@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .data import Dataset, Item, _read_labels_csv, align_labels  # noqa: F401 (re-exported)
+from .data import Dataset, Item, _read_labels_csv, align_labels, class_folders  # noqa: F401 (re-exported)
 from .errors import InputError, UsageError
 from .graph import NOISY, OFFSETS, Builder, assemble
 from .model import Model
@@ -276,7 +276,7 @@ def _ucf101(root: Path, class_index: Path | None, split: Path | None) -> VideoDa
     if class_index is not None:
         classes = _read_class_index(class_index)
     else:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = class_folders(root)
     # UCF-101 spells some classes with other capitals in file names (HandStandPushups), so names
     # are matched without regard to case.
     label_of = {name.lower(): label for label, name in enumerate(classes)}
@@ -309,7 +309,7 @@ def _ucf101(root: Path, class_index: Path | None, split: Path | None) -> VideoDa
 
 def _video_folder(root: Path, labels_csv: Path | None) -> VideoDataset:
     """Class sub-folders (labels by sorted folder name), or a flat folder with an optional CSV."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     if classes:
         paths, labels = [], []
         for label, name in enumerate(classes):
@@ -342,9 +342,7 @@ def open_videos(path: str | Path, labels_csv: str | Path | None = None,
     class_index = _find_class_index(path, split_path)
     if split_path is None and class_index is not None and (class_index.parent / "testlist01.txt").is_file():
         split_path = class_index.parent / "testlist01.txt"  # UCF-101's first test split, as the paper
-    labelled = class_index is not None or split_path is not None or any(
-        p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
-    if labels_csv is not None and labelled:
+    if labels_csv is not None and (class_index is not None or split_path is not None or class_folders(path)):
         raise UsageError(f"--labels names the labels of a flat folder of videos; {path} carries its own labels "
                          "(class folders or a UCF-101 class list)")
     if class_index is not None or split_path is not None:
