@@ -70,6 +70,16 @@ def plan_options(function):
         click.option("--ensemble", is_flag=True,
                      help="The shipped ensemble: the Fashion-MNIST model for --sigma (default 0.25) and its "
                           "members trained with other seeds."),
+        click.option("--denoiser", type=click.Path(), default=None,
+                     help="ONNX Gaussian denoiser (image → image, [0,1] pixels) in front of the classifier "
+                          "(docs/denoised.md); without --model, the shipped clean classifier."),
+        click.option("--diffusion", type=click.Path(), default=None, is_flag=False,
+                     flag_value=str(core.asset(core.DEFAULT_DIFFUSION)),
+                     help="ONNX ε-prediction UNet run once at the step matching σ (one-shot diffusion "
+                          "denoising) in front of the classifier; alone, the shipped Fashion-MNIST DDPM "
+                          "and clean classifier."),
+        click.option("--timestep", type=int, default=None,
+                     help="With --diffusion: the step to denoise at (default: the first whose noise reaches σ)."),
         click.option("--images", type=click.Path(), default=None,
                      help="Folder (ImageFolder or flat), image file, CIFAR-10 batch, IDX file or .npz "
                           f"(default: shipped {core.DEFAULT_IMAGES}, 500 Fashion-MNIST test images)."),
@@ -257,7 +267,8 @@ def _run_from_options(kind: str, mode: str, o: dict) -> core.Run:
         core.check(not models, "--ensemble runs the shipped models; give either --ensemble or --model")
         models = core.shipped_ensemble(o["sigma"] if o["sigma"] is not None else 0.25)
     return core.Run(
-        kind=kind, model=models, consensus=o["consensus"], data=data, labels=o["labels"], split=o.get("split"), plan=plan,
+        kind=kind, model=models, consensus=o["consensus"], denoiser=o.get("denoiser"),
+        diffusion=o.get("diffusion"), timestep=o.get("timestep"), data=data, labels=o["labels"], split=o.get("split"), plan=plan,
         statistics=core.Statistics(mode=mode, sigma=o["sigma"], alpha=o["alpha"], n0=o.get("n0"), n=o["n"],
                                    seed=o["seed"], **sequential),
         runtime=core.Runtime(batch=_batch(o["batch"]), device=o["device"], noise=o["noise_mode"],

@@ -31,6 +31,12 @@ DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
 DEFAULT_IMAGES = "fashion_mnist_sample.npz"
 DEFAULT_VIDEO_MODEL = "video_demo_sigma0.25.onnx"
 DEFAULT_VIDEOS = "video_demo"
+# The off-the-shelf demo (docs/denoised.md): a classifier trained without noise, and a small DDPM in
+# front of it; `--diffusion` with no file runs the UNet, and either denoiser without --model runs the
+# clean classifier. Its σ when neither --sigma nor the model says (the clean model has no srtool.sigma).
+DEFAULT_CLEAN_MODEL = "fmnist_cnn_clean.onnx"
+DEFAULT_DIFFUSION = "fmnist_ddpm.onnx"
+DEMO_SIGMA = 0.25
 # n for the shipped data (the default image run takes about 16 s on 2 cores, the video demo about
 # 20 s) and for the user's own (Cohen et al.'s n for images, the paper's video setting).
 DEMO_N = {"images": 1000, "videos": 500}
@@ -223,6 +229,11 @@ class Run:
     kind: str = "images"  # or "videos"
     model: str | tuple[str, ...] | None = None  # default: the shipped model; several: an ensemble
     consensus: int | None = None  # ensembles: the first K members decide a copy where they agree
+    # classifier ∘ denoiser (srtool.denoise): a Gaussian denoiser, or a diffusion UNet run once at the
+    # step matching σ (or at `timestep`); shared by every view and ensemble member
+    denoiser: str | None = None
+    diffusion: str | None = None
+    timestep: int | None = None
     data: str | None = None  # images or videos; default: the shipped sample / demo
     labels: str | None = None  # CSV of filename,label for a flat folder
     split: str | None = None  # videos: UCF-101 split list
@@ -247,11 +258,30 @@ class Run:
         expected = ImagePlan if self.kind == "images" else VideoPlan
         check(isinstance(self.plan, expected), f"a {self.kind} run takes a {expected.__name__}")
         check(self.kind == "videos" or self.split is None, "--split applies to videos")
+        for name in ("denoiser", "diffusion"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
+        check(self.denoiser is None or self.diffusion is None, "give --denoiser or --diffusion, not both")
+        check(self.timestep is None or (_is_int(self.timestep) and self.timestep >= 0 and self.diffusion),
+              "--timestep takes a step (0 or more) of a --diffusion model")
+        if self.denoising_model:
+            check(self.kind == "images", "--denoiser and --diffusion apply to images (srtool video has no "
+                                         "denoiser stage; see docs/denoised.md)")
+            check(self.plan.noise_space == "input",
+                  f"--noise-space {self.plan.noise_space} with a denoiser has no radius proof: the noise must "
+                  "be added to the input the denoiser sees (use --noise-space input)")
 
     @property
     def models(self) -> tuple[str, ...]:
         """The model files, one per ensemble member (empty: the shipped default)."""
         return () if self.model is None else (self.model,) if isinstance(self.model, str) else self.model
+
+    @property
+    def denoising_model(self) -> tuple[str, str] | None:
+        """(kind, file) of the denoiser stage, or None."""
+        if self.diffusion is not None:
+            return "diffusion", self.diffusion
+        return ("denoiser", self.denoiser) if self.denoiser is not None else None
 
     @property
     def demo(self) -> bool:
@@ -322,7 +352,9 @@ def load_run_models(run: Run) -> list:
     from .graph import check_members
     from .model import load_model
 
-    sources = run.models or (asset(DEFAULT_MODEL if run.kind == "images" else DEFAULT_VIDEO_MODEL),)
+    default = DEFAULT_VIDEO_MODEL if run.kind == "videos" else DEFAULT_CLEAN_MODEL if run.denoising_model \
+        else DEFAULT_MODEL
+    sources = run.models or (asset(default),)
     models = [load_model(source) for source in sources]
     check_members(models)
     return models
@@ -342,6 +374,8 @@ def settings_for(run: Run, model):
 
     s = run.statistics
     sigma = s.sigma if s.sigma is not None else model.trained_sigma
+    if sigma is None and run.demo:
+        sigma = DEMO_SIGMA
     check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
     n = s.n if s.n is not None else (DEMO_N if run.demo else PAPER_N)[run.kind]
     n0 = (s.n0 if s.n0 is not None else DEFAULT_N0[run.kind]) if s.mode == "certify" else 0
@@ -487,8 +521,31 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     check(first is not None, f"{dataset.source}: none of the first {len(tried)} images could be read "
                              f"(the first: {tried[0] if tried else ''})")
     plan = image_plan(spec, model, first.image.shape)
-    graph = sampling_graph(models, plan, run.consensus)
-    return _launch(run, models, dataset, plan, graph, settings, spec.tag(), {"image_size": spec.image_size}, worker)
+    denoising = denoising_stage(run, settings.sigma, first.image.shape)
+    graph = sampling_graph(models, plan, run.consensus, denoising)
+    extra = {"image_size": spec.image_size}
+    method = spec.tag()
+    if denoising is not None:  # only then, so that the runs made before denoisers still resume
+        extra["denoiser"] = denoising.describe()
+        method = denoising_tag(denoising) + "-" + method
+    return _launch(run, models, dataset, plan, graph, settings, method, extra, worker)
+
+
+def denoising_stage(run: Run, sigma: float, image_shape):
+    """The run's denoiser stage for σ and images of `image_shape` (srtool.denoise), or None."""
+    from .denoise import denoising_for, load_denoiser
+
+    if run.denoising_model is None:
+        return None
+    kind, source = run.denoising_model
+    model = load_denoiser(source, kind)
+    return denoising_for(model, sigma, run.timestep, image_shape)
+
+
+def denoising_tag(denoising) -> str:
+    """dn-<denoiser> or dds-<unet>-t<step>, for default file names and report labels."""
+    model = denoising.model
+    return f"dds-{model.name}-t{denoising.timestep}" if model.kind == "diffusion" else f"dn-{model.name}"
 
 
 def _prepare_videos(run: Run, worker: bool) -> Job:

@@ -1,7 +1,7 @@
 """The sampling graph: one ONNX graph per (models, plan) mapping a batch of noisy points to votes.
 
-    noisy (B, *noise_shape) ─┬─ [resize] ─ [k crops at `offsets`] ─┐
-                             └─ (patch space: already k patches) ───┴─ model input (B·k, C, P, P)
+    noisy (B, *noise_shape) ─┬─ [denoiser] ─ [resize] ─ [k crops at `offsets`] ─┐
+                             └─ (patch space: already k patches) ──────────────────┴─ model input (B·k, C, P, P)
       → each member m1 … mM of the ensemble (one model: M = 1) → logits (B·k, classes) each
       → (B, k, classes) each → [softmax] → scores (B, M·k, classes) → mean|max over the M·k
       → argmax → votes (B,) int64; INVALID_VOTE (-1) for a copy with a score that is not finite
@@ -25,6 +25,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper, version_converter
 
+from .denoise import Denoising
 from .errors import UsageError
 from .model import Model
 from .plan import Plan
@@ -66,6 +67,12 @@ class Builder:
 
     def const(self, values: list[int]) -> str:
         tensor = _const(self.name("c"), values)
+        self.inits.append(tensor)
+        return tensor.name
+
+    def scalar(self, value: float) -> str:
+        """A float32 scalar, which broadcasts against any tensor."""
+        tensor = helper.make_tensor(self.name("f"), TensorProto.FLOAT, [], [value])
         self.inits.append(tensor)
         return tensor.name
 
@@ -186,18 +193,19 @@ def _rename(graph: onnx.GraphProto, name, prefix: str) -> None:
                 _rename(subgraph, name, prefix)
 
 
-def _splice(b: Builder, proto: onnx.ModelProto, model: Model, index: int, model_input: str) -> str:
-    """Add member `index`'s graph (`proto`, consumed) to `b`, reading `model_input`; its logits' name.
+def _splice(b: Builder, proto: onnx.ModelProto, tag: str, feeds: dict[str, str], output: str) -> str:
+    """Add a model's graph (`proto`, consumed) to `b`, its inputs read from `feeds` (model input name →
+    value of `b`); the name its `output` gets.
 
-    Everything the member names gets the prefix `m<index>/`, its local functions the prefix
-    `m<index>_`: two members exported by the same tool share names like `input.1` or `Conv_0`.
+    Everything the model names gets the prefix `<tag>/`, its local functions the prefix `<tag>_`:
+    two members exported by the same tool share names like `input.1` or `Conv_0`.
     """
-    prefix = f"m{index}/"
+    prefix = f"{tag}/"
 
     def name(value: str) -> str:  # "" is an omitted optional input, not a name
-        return model_input if value == model.input_name else prefix + value if value else value
+        return feeds.get(value) or (prefix + value if value else value)
 
-    functions = {(f.domain, f.name): f"m{index}_{f.name}" for f in proto.functions}
+    functions = {(f.domain, f.name): f"{tag}_{f.name}" for f in proto.functions}
     _rename(proto.graph, name, prefix)
     bodies = [node for function in proto.functions for node in function.node]
     for node in [*_all_nodes(proto.graph.node), *_all_nodes(bodies)]:
@@ -213,7 +221,44 @@ def _splice(b: Builder, proto: onnx.ModelProto, model: Model, index: int, model_
         if opset.domain not in ("", "ai.onnx"):
             b.domains[opset.domain] = max(opset.version, b.domains.get(opset.domain, 0))
     b.ir_version = max(b.ir_version, proto.ir_version)
-    return name(model.output_name)
+    return name(output)
+
+
+# -- the denoiser stage (srtool.denoise) ------------------------------------------------------------
+
+def _per_copy(b: Builder, batch_of: str, value: float, dims: tuple[int, ...], elem_type: int) -> str:
+    """`value` as a (B, *dims) tensor of `elem_type`, B the batch of `batch_of`."""
+    shape = b.node("Concat", [b.node("Slice", [b.node("Shape", [batch_of]), b.const([0]), b.const([1])]),
+                              b.const(list(dims))], axis=0) if dims else \
+        b.node("Slice", [b.node("Shape", [batch_of]), b.const([0]), b.const([1])])
+    filled = b.node("Expand", [b.node("Reshape", [b.scalar(value), b.const([1] * (1 + len(dims)))]), shape])
+    return filled if elem_type == TensorProto.FLOAT else b.node("Cast", [filled], to=elem_type)
+
+
+def _denoise(b: Builder, stage: Denoising, noisy: str) -> str:
+    """Noisy copies (B, C, H, W) in [0,1] units → the denoiser's estimate of the clean image, [0,1] units.
+
+    A Gaussian denoiser is applied as it is (a non-blind one is fed its noise level). A diffusion UNet
+    runs once at the stage's step t*: x_t = √ᾱ·(2y − 1), x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ clamped to
+    [−1, 1], returned as (x̂₀ + 1)/2 (srtool.denoise says why x_t has exactly the step's noise).
+    """
+    model = stage.model
+    proto = _at_opset(model, b.opset)
+    feeds = {model.input_name: noisy}
+    if model.kind == "denoiser":
+        if model.level_input:
+            feeds[model.level_input] = _per_copy(b, noisy, stage.level, model.level_shape, TensorProto.FLOAT)
+        return _splice(b, proto, "d", feeds, model.output_name)
+    signal, noise_scale = stage.coefficients()
+    x_t = b.node("Mul", [b.node("Sub", [b.node("Mul", [noisy, b.scalar(2.0)]), b.scalar(1.0)]), b.scalar(signal)])
+    feeds[model.input_name] = x_t
+    feeds[model.timestep_input] = _per_copy(b, noisy, stage.timestep_value, (), model.timestep_type)
+    eps = _splice(b, proto, "d", feeds, model.output_name)
+    if model.learn_sigma:  # ε̂ is the first C channels, the variance the rest
+        eps = b.node("Slice", [eps, b.const([0]), b.const([model.input_shape[0]]), b.const([1])])
+    x0 = b.node("Div", [b.node("Sub", [x_t, b.node("Mul", [eps, b.scalar(noise_scale)])]), b.scalar(signal)])
+    x0 = b.node("Clip", [x0, b.scalar(-1.0), b.scalar(1.0)])
+    return b.node("Mul", [b.node("Add", [x0, b.scalar(1.0)]), b.scalar(0.5)])
 
 
 # -- the tail: scores, reduction, vote ----------------------------------------------------------------
@@ -307,7 +352,7 @@ def _consensus_k(consensus: int | None, members: int) -> int:
 
 
 def assemble(models: Model | list[Model], inputs: list, head, views: int | str, reduce: str,
-             chunks: int | str = 1, consensus: int | None = None) -> onnx.ModelProto:
+             chunks: int | str = 1, consensus: int | None = None, head_models: tuple = ()) -> onnx.ModelProto:
     """Splice the models between a head and the vote tail; shared by the image and video graphs.
 
     `head(builder, model_input)` adds the nodes that turn the graph inputs into the model-input
@@ -318,18 +363,19 @@ def assemble(models: Model | list[Model], inputs: list, head, views: int | str, 
     or the names of 1-element int64 tensors that the head computes (videos: both depend on the
     video's length, so one graph serves every length). `consensus` K (0 or None: off) runs the
     members after the K-th only on copies the first K disagree on (_consensus_votes) and adds the
-    ESCALATED output. Members are brought to one opset, the newest of theirs and at least MIN_OPSET.
+    ESCALATED output. Members, and the `head_models` the head splices in (a denoiser), are brought to
+    one opset, the newest of theirs and at least MIN_OPSET.
     """
     models = [models] if isinstance(models, Model) else list(models)
     check_members(models)
     k = _consensus_k(consensus, len(models))
-    opset = max(MIN_OPSET, *(model.opset for model in models))
+    opset = max(MIN_OPSET, *(model.opset for model in [*models, *head_models]))
     protos = [_at_opset(model, opset) for model in models]
     b = Builder(opset)
     head(b, MODEL_INPUT)
 
     def member_scores(i: int, model_input: str) -> str:
-        logits = _splice(b, protos[i], models[i], i + 1, model_input)
+        logits = _splice(b, protos[i], f"m{i + 1}", {models[i].input_name: model_input}, models[i].output_name)
         return _scores(b, logits, views, chunks, reduce)
 
     outputs = [helper.make_tensor_value_info(VOTES, TensorProto.INT64, ["batch"])]
@@ -350,8 +396,13 @@ def assemble(models: Model | list[Model], inputs: list, head, views: int | str, 
     return out
 
 
-def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | None = None) -> onnx.ModelProto:
-    """The image graph: noisy points in the plan's noise space → k views → model(s) → votes."""
+def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | None = None,
+                   denoising: Denoising | None = None) -> onnx.ModelProto:
+    """The image graph: noisy points in the plan's noise space → [denoiser] → k views → model(s) → votes.
+
+    The denoiser sees each whole noisy image once, before the resize and the crops, so every view
+    and every ensemble member reads the same denoised copy (noise space `input` only: core checks).
+    """
     c = plan.input_shape[0]
     ph, pw = plan.patch_hw
     inputs = [helper.make_tensor_value_info(NOISY, TensorProto.FLOAT, ["batch", *plan.noise_shape])]
@@ -362,9 +413,9 @@ def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | Non
         if plan.noise_space == "patch":  # (B, k, C, P, P): the host already cut the patches
             b.node("Reshape", [NOISY, b.const([-1, c, ph, pw])], model_input)
             return
-        image = NOISY
+        image = NOISY if denoising is None else _denoise(b, denoising, NOISY)
         if plan.noise_space == "input" and plan.has_resize:
-            nodes, inits = resize_nodes(NOISY, "srtool/resized", plan.resized_hw, "srtool/resize/")
+            nodes, inits = resize_nodes(image, "srtool/resized", plan.resized_hw, "srtool/resize/")
             b.nodes += nodes
             b.inits += inits
             image = "srtool/resized"
@@ -373,7 +424,8 @@ def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | Non
         else:
             b.node("Identity", [image], model_input)
 
-    return assemble(models, inputs, head, plan.patches, plan.reduce, consensus=consensus)
+    return assemble(models, inputs, head, plan.patches, plan.reduce, consensus=consensus,
+                    head_models=(denoising.model,) if denoising else ())
 
 
 CLEAN = "srtool/clean"

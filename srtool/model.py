@@ -42,8 +42,9 @@ def _static_dims(value_info) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
 
 
-def load_model(source: str | Path | bytes) -> Model:
-    """A model from a file, or from serialized ONNX bytes (named `model` in messages and tables)."""
+def read_onnx(source: str | Path | bytes) -> tuple[Path, bytes, onnx.ModelProto, str]:
+    """(path, raw bytes, proto with its weights, sha256 of the bytes) of a file or serialized ONNX
+    bytes (named `model` in messages and tables); any ONNX model: classifier, denoiser, UNet."""
     if isinstance(source, bytes):
         path, raw = Path("model.onnx"), source
     else:
@@ -63,7 +64,12 @@ def load_model(source: str | Path | bytes) -> Model:
         what = "the model bytes are not an ONNX model with its weights inside" if isinstance(source, bytes) \
             else f"{path} is not an ONNX model"
         raise UsageError(what) from None
+    return path, raw, proto, hashlib.sha256(raw).hexdigest()
 
+
+def load_model(source: str | Path | bytes) -> Model:
+    """A classifier from a file, or from serialized ONNX bytes (named `model` in messages and tables)."""
+    path, raw, proto, sha256 = read_onnx(source)
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -88,7 +94,7 @@ def load_model(source: str | Path | bytes) -> Model:
     num_classes = out_dims[1] or (len(classes) if classes else None)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     return Model(
-        path=path, proto=proto, sha256=hashlib.sha256(raw).hexdigest(),
+        path=path, proto=proto, sha256=sha256,
         input_name=model_input.name, output_name=model_output.name,
         input_shape=input_shape, num_classes=num_classes, classes=classes,
         trained_sigma=float(meta["srtool.sigma"]) if "srtool.sigma" in meta else None,

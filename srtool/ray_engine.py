@@ -51,7 +51,7 @@ LOCAL_OBJECT_STORE = 256 * 2**20  # rows are small; the store only needs room fo
 # Fields of the configuration, and of core.Run, that name files: a worker may see them under other
 # (absolute) paths.
 PATH_KEYS = ("model", "dataset", "labels", "split")
-PATH_FIELDS = ("model", "data", "labels", "split")
+PATH_FIELDS = ("model", "data", "labels", "split", "denoiser", "diffusion")
 # Test-only fault injection (tests/test_ray.py), read on the driver: "exit-after:K" makes worker 0's
 # first actor exit as it starts its (K+1)-th input, "poison:I" makes every actor exit on input I,
 # "kill-after:K" makes the driver ray.kill worker 0 after K rows have come back.
@@ -83,6 +83,8 @@ def _comparable(config: dict) -> dict:
     comparable = {k: v for k, v in config.items() if k not in VOLATILE and k not in PATH_KEYS}
     if "members" in comparable:  # an ensemble's members by content, not by where they lie
         comparable["members"] = [member["model_sha256"] for member in comparable["members"]]
+    if "denoiser" in comparable:  # likewise the denoiser (its sha256 stays)
+        comparable["denoiser"] = {k: v for k, v in comparable["denoiser"].items() if k != "model"}
     return comparable
 
 
