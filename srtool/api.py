@@ -84,20 +84,26 @@ def _load(model):
 class Smooth:
     """The smoothed classifier of an ONNX image model: randomized smoothing, or Smooth-Reduce with
     `patches` > 1 (or a resize / patch size); a list of models is an ensemble reduced over every
-    (model, view), with `consensus` K as --consensus. Sessions are built per input shape and batch
-    size and kept; `close()` (or a `with` block) frees them."""
+    (model, view), with `consensus` K as --consensus. `denoiser` (a Gaussian denoiser's ONNX file) or
+    `diffusion` (an ε-prediction UNet's, run once at the step matching σ, or at `timestep`) puts a
+    denoiser in front of the classifier (docs/denoised.md). Sessions are built per input shape and
+    batch size and kept; `close()` (or a `with` block) frees them."""
 
     def __init__(self, model, sigma: float | None = None, *, consensus: int | None = None,
                  patches: int = 1, patch_size: int | None = None,
                  resize: int | None = None, sampling: str = "dense", reduce: str = "mean",
                  noise_space: str = "input", device: str = "auto", seed: int = 0, threads: int = 0,
-                 noise: str = "host", session_options: dict | None = None, provider_options: dict | None = None):
+                 noise: str = "host", session_options: dict | None = None, provider_options: dict | None = None,
+                 denoiser=None, diffusion=None, timestep: int | None = None):
         self.plan_spec = core.ImagePlan(patches=patches, patch_size=patch_size, resize=resize, sampling=sampling,
                                         reduce=reduce, noise_space=noise_space)
         self.runtime = core.Runtime(device=device, noise=noise, threads=threads,
                                     session_options=dict(session_options or {}),
                                     provider_options=dict(provider_options or {}))
         core.Statistics(sigma=sigma, seed=seed)  # the same checks and messages as the command line
+        # classifier ∘ denoiser (docs/denoised.md): checked as the command line checks --denoiser/--diffusion
+        self.denoising = dict(denoiser=denoiser, diffusion=diffusion, timestep=timestep)
+        core.Run(plan=self.plan_spec, **self.denoising)
         from .graph import check_members
 
         members = model if isinstance(model, (list, tuple)) else [model]
@@ -144,7 +150,7 @@ class Smooth:
         core.check(isinstance(index, (int, np.integer)) and index >= 0, "index must be 0 or more")
         core.Runtime(batch=batch_size)  # checked like --batch
         images = self._images(x)
-        run = core.Run(plan=self.plan_spec, statistics=statistics, runtime=self.runtime)
+        run = core.Run(plan=self.plan_spec, statistics=statistics, runtime=self.runtime, **self.denoising)
         settings = core.settings_for(run, self.model)
         rows = []
         for offset, image in enumerate(images):
@@ -182,7 +188,8 @@ class Smooth:
 
             plan = core.image_plan(self.plan_spec, self.model, shape)
             run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch_size))
-            graph = sampling_graph(self.models, plan, self.consensus)
+            graph = sampling_graph(self.models, plan, self.consensus,
+                                   core.denoising_stage(run, settings.sigma, shape))
             counter = core.vote_counter(run, self.model, graph, plan, settings)
             self._engines[key] = plan, counter
         return self._engines[key]
@@ -269,7 +276,7 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
     top = {}
     for key, value in kwargs.items():
         section = next((s for s, cls in owners.items() if key in cls.__dataclass_fields__), None)
-        if key in ("labels", "split", "consensus"):
+        if key in ("labels", "split", "consensus", "denoiser", "diffusion", "timestep"):
             top[key] = value
         elif section is None or key == "mode":
             raise UsageError(f"unknown argument {key!r}")
@@ -286,7 +293,8 @@ def certify(model=None, images=None, videos=None, progress: bool = False, **opti
     """CERTIFY every input of a dataset, as `srtool certify` / `srtool video` does, into a resumable
     Parquet file (`out`, default under runs/). Options are the command line's, in Python spelling:
     sigma, alpha, n0, n, seed, patches, patch_size, resize, sampling, reduce, noise_space,
-    image_size (images); subvideo, chunk, stride, short, split (videos); batch, device, noise,
+    image_size, denoiser, diffusion, timestep (images); subvideo, chunk, stride, short, split (videos);
+    batch, device, noise,
     threads, engine, …; out, overwrite, skip, max; labels."""
     return _execute(_run("certify", model, images, videos, options), progress)
 

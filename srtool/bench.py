@@ -1,7 +1,9 @@
 """Throughput: the bare model on ONNX Runtime against srtool's whole sampling pipeline.
 
 Both are measured in the same process, in turns, as forward passes (views) per second, so their
-ratio says what noise, patching, reduction and counting cost on top of the model.
+ratio says what noise, patching, reduction and counting cost on top of the model. With a denoiser
+in front (srtool.denoise) the bare denoiser is measured too, in noisy copies per second, and the
+pipeline is held to the bare parts run one after the other: 1 / (1/denoiser + views/classifier).
 """
 
 from __future__ import annotations
@@ -33,10 +35,24 @@ def rate(step, items_per_call: int, seconds: float, warmup: int = 2) -> float:
     return calls * items_per_call / (time.perf_counter() - start)
 
 
-def raw_model_steps(model: Model, views: int, device: str, threads: int,
-                    pool: ThreadPoolExecutor) -> tuple[list[tuple], str]:
-    """Steps that run the bare model on fixed, pre-bound batches of `views` inputs, with the forward
-    passes each step makes; and the provider.
+def bare_feeds(model, rows: int, denoising=None) -> dict[str, np.ndarray]:
+    """Random inputs for `rows` calls of a bare classifier (`model`), or of the denoising stage's model."""
+    batch = np.random.default_rng(0).random
+    if denoising is None:
+        return {model.input_name: batch((rows, *model.input_shape), dtype=np.float32)}
+    feeds = {model.input_name: batch((rows, *model.input_shape), dtype=np.float32)}
+    if model.level_input:
+        feeds[model.level_input] = np.full((rows, *model.level_shape), denoising.level, np.float32)
+    if model.timestep_input:
+        dtype = np.float32 if model.timestep_type == 1 else np.int64 if model.timestep_type == 7 else np.int32
+        feeds[model.timestep_input] = np.full(rows, denoising.timestep_value, dtype)
+    return feeds
+
+
+def raw_model_steps(model, views: int, device: str, threads: int, pool: ThreadPoolExecutor,
+                    denoising=None) -> tuple[list[tuple], str]:
+    """Steps that run the bare model (or the denoising stage's) on fixed, pre-bound batches of
+    `views` inputs, with the forward passes each step makes; and the provider.
 
     Two layouts, so the pipeline is held to the model's best on this machine: one call at a time on
     every ORT thread, and as many concurrent calls as VoteCounter runs sampling loops, each on one
@@ -46,7 +62,7 @@ def raw_model_steps(model: Model, views: int, device: str, threads: int,
 
     on_cuda = resolve_device(device) == "cuda"
     loops = sampling_loops(on_cuda, threads)
-    batch = np.random.default_rng(0).random((views, *model.input_shape), dtype=np.float32)
+    feeds = bare_feeds(model, views, denoising)
     steps, provider = [], "cpu"
     for intra_op, concurrent in ((threads, 1), (threads if on_cuda else 1, loops)):
         session = make_session(model.proto.SerializeToString(), device, intra_op)
@@ -54,7 +70,8 @@ def raw_model_steps(model: Model, views: int, device: str, threads: int,
         bindings = []
         for _ in range(concurrent):
             binding = session.io_binding()
-            binding.bind_ortvalue_input(model.input_name, ort.OrtValue.ortvalue_from_numpy(batch, provider, 0))
+            for name, values in feeds.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(values, provider, 0))
             binding.bind_output(model.output_name, provider)
             bindings.append(binding)
 
@@ -71,11 +88,12 @@ def raw_model_steps(model: Model, views: int, device: str, threads: int,
 
 
 def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: int,
-        seconds: float, sigma: float = 0.25, noise_mode: str = "host", rounds: int = 3) -> dict:
-    """Bare model and pipeline, measured in turns (`rounds` times, `seconds` each in all) so that
-    a shared machine's changing load hits both alike; rates and ratio are the medians of the rounds."""
+        seconds: float, sigma: float = 0.25, noise_mode: str = "host", rounds: int = 3, denoising=None) -> dict:
+    """Bare model (and denoiser) and pipeline, measured in turns (`rounds` times, `seconds` each in
+    all) so that a shared machine's changing load hits both alike; rates and ratio are the medians
+    of the rounds."""
     views_per_copy = plan.views_per_copy
-    counter = VoteCounter(sampling_graph(model, plan), plan, num_classes, batch, device, threads,
+    counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes, batch, device, threads,
                           device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
     point = np.random.default_rng(1).random(plan.noise_shape, dtype=np.float32)
     offsets = plan.dense_offsets
@@ -85,9 +103,13 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
     copies_per_call = min(PAPER_N, CALLS_PER_LOOP * batch * counter.loops)
     with ThreadPoolExecutor(max_workers=counter.loops) as pool:
         raw_steps, provider = raw_model_steps(model, batch * views_per_copy, device, threads, pool)
-        raw, pipeline = [], []
+        denoiser_steps = [] if denoising is None else \
+            raw_model_steps(denoising.model, batch, device, threads, pool, denoising)[0]
+        raw, denoised, pipeline = [], [], []
         for _ in range(rounds):
             raw.append(max(rate(step, passes, seconds / rounds) for step, passes in raw_steps))
+            if denoiser_steps:
+                denoised.append(max(rate(step, passes, seconds / rounds) for step, passes in denoiser_steps))
             copies = rate(lambda: counter.count(point, offsets, copies_per_call, sigma, gaussian),
                           copies_per_call, seconds / rounds, warmup=1)
             pipeline.append(copies * views_per_copy)
@@ -96,6 +118,13 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
     buffer = np.empty((batch, *plan.noise_shape), dtype=np.float32)
     noise_only = rate(lambda: gaussian.fill(buffer, point, sigma), batch, min(seconds, 1.0))
     copies = float(np.median(pipeline)) / views_per_copy
+    bare_copies = float(np.median(raw)) / views_per_copy  # noisy copies/s of the bare parts, in a row
+    extra = {}
+    if denoised:
+        denoiser_rate = float(np.median(denoised))
+        bare_copies = 1.0 / (1.0 / denoiser_rate + 1.0 / bare_copies)
+        extra = {"denoiser": denoising.describe(), "denoiser_copies_per_s": denoiser_rate,
+                 "bare_composed_copies_per_s": bare_copies}
     return {
         "model": str(model.path),
         "provider": provider,
@@ -108,7 +137,8 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
         "raw_forward_per_s": float(np.median(raw)),
         "pipeline_copies_per_s": copies,
         "pipeline_forward_per_s": copies * views_per_copy,
-        "ratio": float(np.median(np.array(pipeline) / np.array(raw))),
+        "ratio": copies / bare_copies,  # of the medians printed
         "host_noise_copies_per_s": noise_only,
         "projected_s_per_input_n100k": (PAPER_N0 + PAPER_N) / copies,
+        **extra,
     }

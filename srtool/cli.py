@@ -444,6 +444,12 @@ def _show_table(path, errors_only: bool = False, results=None) -> None:
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input", show_default=True)
 @click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host", show_default=True)
+@click.option("--denoiser", type=click.Path(), default=None, help="A Gaussian denoiser in front (docs/denoised.md).")
+@click.option("--diffusion", type=click.Path(), default=None, is_flag=False,
+              flag_value=str(core.asset(core.DEFAULT_DIFFUSION)),
+              help="An ε-prediction UNet in front, one step at σ's t* (alone: the shipped DDPM).")
+@click.option("--timestep", type=int, default=None, help="With --diffusion: the step (default: t* for --sigma).")
+@click.option("--sigma", type=float, default=None, help="σ the pipeline adds (default: the model's, or 0.25).")
 @click.option("--seconds", type=float, default=3.0, show_default=True,
               help="Time per measurement, in three rounds that alternate model and pipeline.")
 @click.option("--run", "run_file", type=click.Path(), default=None,
@@ -464,7 +470,9 @@ def bench(**o):
     runtime = core.Runtime(batch=_batch(o["batch"]), device=o["device"], noise=o["noise_mode"], threads=o["threads"])
     core.check(0 < o["seconds"] <= 3600, "--seconds must be positive and at most 3600 (an hour)")
     copies_per_input = _copies_per_input(o["run_file"]) if o["run_file"] else None
-    model = core.load_run_models(core.Run(model=o["model"]))[0]
+    bench_run = core.Run(model=o["model"], plan=spec, denoiser=o["denoiser"], diffusion=o["diffusion"],
+                         timestep=o["timestep"])
+    model = core.load_run_models(bench_run)[0]
     model_shape = core.image_model_shape(model)
     core.check(model_shape is not None, f"{model.path.name} does not declare its input size")
     edge = spec.image_size
@@ -472,8 +480,10 @@ def bench(**o):
     plan = core.image_plan(spec, model, input_shape)
     batch = core.auto_batch(plan, 1000, runtime.device) if runtime.batch == "auto" else runtime.batch
     num_classes = infer_num_classes(model, make_session)
+    sigma = o["sigma"] or model.trained_sigma or core.DEMO_SIGMA
     result = benchmark.run(model, plan, num_classes, batch, runtime.device, runtime.threads, o["seconds"],
-                           noise_mode=runtime.noise)
+                           sigma=sigma, noise_mode=runtime.noise,
+                           denoising=core.denoising_stage(bench_run, sigma, input_shape))
     if copies_per_input is not None:
         result["run"] = {"file": o["run_file"], "copies_per_input": copies_per_input,
                          "projected_s_per_input": copies_per_input / result["pipeline_copies_per_s"]}
@@ -484,9 +494,15 @@ def bench(**o):
                f"{result['views_per_copy']} view(s) per noisy copy, {result['noise']} noise, "
                f"{result['sampling_loops']} sampling loops; medians of {result['rounds']} rounds")
     click.echo(f"  bare model          {result['raw_forward_per_s']:>12,.0f} forward passes/s")
+    if "denoiser" in result:
+        stage = result["denoiser"]
+        step = f", t={stage['timestep']}" if "timestep" in stage else ""
+        click.echo(f"  bare {stage['kind']:<14} {result['denoiser_copies_per_s']:>10,.0f} noisy copies/s "
+                   f"({Path(stage['model']).name}{step}, σ={sigma:g})")
+        click.echo(f"  bare, one after the other {result['bare_composed_copies_per_s']:>6,.0f} noisy copies/s")
     click.echo(f"  srtool pipeline     {result['pipeline_forward_per_s']:>12,.0f} forward passes/s "
                f"({result['pipeline_copies_per_s']:,.0f} noisy copies/s)")
-    click.echo(f"  pipeline / model    {result['ratio']:>12.2f}")
+    click.echo(f"  pipeline / {'bare parts' if 'denoiser' in result else 'model     '} {result['ratio']:>9.2f}")
     click.echo(f"  host noise alone    {result['host_noise_copies_per_s']:>12,.0f} noisy copies/s")
     click.echo(f"  projected per input at n0=100, n=100,000: {result['projected_s_per_input_n100k']:.1f} s")
     if copies_per_input is not None:

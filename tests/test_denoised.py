@@ -315,3 +315,19 @@ def test_refusals_of_the_combination(tmp_path, prototype_run, capsys):
     assert not list(tmp_path.glob("r.parquet*"))
     with pytest.raises(UsageError, match="apply to images"):  # `srtool video` has no such option
         core.Run(kind="videos", denoiser=denoiser)
+
+
+def test_python_api_takes_the_same_stage(tmp_path, prototype_run):
+    """Smooth(…, diffusion=…) gives the command line's row for the same image and seed."""
+    import srtool as api
+
+    model, data = prototype_run(2)
+    unet = tiny_unet(tmp_path / "unet.onnx", 28)
+    x = np.load(data)["x"][1][None]
+    with api.Smooth(model, sigma=0.5, diffusion=unet, threads=1) as smooth:
+        cert = smooth.certify(x, n0=20, n=100, index=1)
+    results = api.certify(model, images=data, diffusion=unet, sigma=0.5, n0=20, n=100, threads=1,
+                          out=tmp_path / "api.parquet")
+    row = results.table.to_pylist()[1]
+    assert (cert.label, cert.count, list(cert.counts)) == (row["predict"], row["count"], row["counts"])
+    assert results.config["denoiser"]["timestep"] == 259
