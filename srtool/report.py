@@ -45,6 +45,9 @@ def run_label(config: dict) -> str:
     members = config.get("members")
     ensemble = f" ×{len(members)} models" if members else ""
     ensemble += f" K={config['consensus']}" if config.get("consensus") else ""
+    stage = config.get("denoiser")  # classifier ∘ denoiser (docs/denoised.md)
+    if stage:
+        ensemble += f" + DDS t={stage['timestep']}" if stage["kind"] == "diffusion" else " + denoiser"
     return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}"
 
 
