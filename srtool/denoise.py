@@ -171,7 +171,9 @@ def load_denoiser(source, kind: str) -> Denoiser:
         try:
             shape = tuple(int(v) for v in meta["srtool.input_shape"].split(","))
         except ValueError:
-            raise UsageError(f"{what}: srtool.input_shape must be C,H,W") from None
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise UsageError(f"{what}: srtool.input_shape must be C,H,W (three positive whole numbers)")
     output = proto.graph.output[0]
     out_dims = _dims(output)
     if len(out_dims) != 4:
