@@ -6,21 +6,36 @@ on the number of workers or on a resume. Separate streams for the selection samp
 sample and the patch positions keep the n0 and n samples independent (Cohen's CERTIFY needs fresh
 samples for the estimate) and make the noise of one stage independent of the other stage's size.
 
-The normals come from the Box–Muller transform, vectorized: for a pair of independent uniforms
-(u, v), sqrt(-2 ln u)·cos(2πv) and sqrt(-2 ln u)·sin(2πv) are two independent N(0, 1) values. It
-is exact in real arithmetic and has no rejection step, so numpy's SIMD log/cos/sin run on whole
-arrays: 1.5 times faster than numpy's float32 ziggurat here (3.8 against 5.8 ms for 1000 copies of
-28×28 on one core), which matters because for small models noise is the main cost besides the model.
-Fidelity: U and V are 53-bit uniforms and u = 1 - U lies in (0, 1], so the radius is never
-infinite and is cut only beyond sqrt(-2 ln 2^-53) = 8.6 (probability 2^-53 per pair). ln u is taken
-in float64; radius and angle are rounded to float32 once, as the noisy input is float32 anyway.
+The normals come from the Box–Muller transform, vectorized: for independent uniforms u in (0, 1]
+and v in [0, 1), R = sqrt(-2 ln u) and θ = 2πv give two independent N(0, 1) values R·cos θ and
+R·sin θ. It has no rejection step, so numpy's SIMD log1p/cos/sin run on whole arrays. The largest
+single cost is numpy's bit generator (about 2 ns per 64-bit draw, a function call each), so one
+draw feeds one pair: its top 40 bits give the radius, its low 24 bits the angle. Half the draws of
+two 53-bit uniforms per pair: 1.4 times faster (benchmarks/RESULTS.md), which matters because for
+small models noise is the main cost besides the model.
 
-Copy j of a stream reads a fixed number of uniforms, 2·ceil(d/2) per segment of at most SEGMENT of
-its d values (radii first, then angles; cosines fill the segment's first half, sines the rest). So
-copy j's noise starts at a known place in the stream, and PCG64DXSM can jump there: the noise of copy
-j is a fixed function of (seed, input index, purpose, j), whatever batch or sampling loop draws it,
-and loops draw their batches in parallel. The values can differ in the last float32 bit between
-machines whose numpy uses other SIMD code for log, cos or sin.
+What the generator guarantees (docs/soundness.md quotes this):
+- u = 1 - k·2^-40 with k the draw's top 40 bits, so u lies on a grid of 2^-40 in [2^-40, 1]: the
+  radius is the exact Box–Muller radius of a uniform rounded to 40 bits. The CDF of R is the exact
+  Rayleigh CDF at every grid point and within 2^-40 of it in between (Kolmogorov distance 2^-40).
+  The tail is cut at R = sqrt(80 ln 2) = 7.45: the exact law has mass 2^-40 beyond it per pair,
+  so the exact noise of a copy of d values has a pair beyond the cut with probability at most
+  ceil(d/2)·2^-40, and no vote probability moves by more through the cut (d = 784: 3.6e-10;
+  3×224×224: 6.8e-8; 16×3×112×112: 2.7e-7), against 1 - p_lower ≥ 6.9e-5 for any certificate
+  of n = 100,000 copies at α = 0.001.
+- θ = a·fl32(2π·2^-24) with a the draw's low 24 bits, one float32 rounding: a grid of 3.7e-7 rad,
+  no coarser than float32's own spacing of angles in [4, 2π) (4.8e-7), which any float32 angle has.
+- ln u is log1p(-k·2^-40) in float64 (exact argument, accurate near u = 1, the small radii, and
+  near u = 0, the tail); σ²·(-2 ln u) is rounded to float32 once, then sqrt, cos and sin run in
+  float32 (numpy's SIMD code: within a few float32 ulps), as the noisy input is float32 anyway.
+The float sum clean + σz is not the exact Gaussian of the theorem either way (Voráček & Hein 2023).
+
+Copy j of a stream reads a fixed number of draws, ceil(L/2) per segment of L ≤ SEGMENT of its d
+values (cosines fill the segment's first ceil(L/2) values, sines the rest). So copy j's noise starts
+at a known place in the stream, and PCG64DXSM can jump there: the noise of copy j is a fixed
+function of (seed, input index, purpose, j), whatever batch or sampling loop draws it, and loops
+draw their batches in parallel. The values can differ in the last float32 bits between machines
+whose numpy uses other SIMD code for log1p, cos or sin.
 
 ORT's CPU RandomNormal must never be used for certification: its engine has period 2^31.
 """
@@ -33,7 +48,10 @@ import numpy as np
 
 SELECTION, ESTIMATION, POSITIONS = 0, 1, 2
 SEGMENT = 1 << 16  # part of the noise's definition: changing it changes every seeded result
-TWO_PI = 2.0 * np.pi
+RADIUS_BITS, ANGLE_BITS = 40, 24  # of each 64-bit draw: the top 40 bits, the low 24 bits
+ANGLE_MASK = np.uint64((1 << ANGLE_BITS) - 1)
+ANGLE_STEP = np.float32(2.0 * np.pi / (1 << ANGLE_BITS))  # 2π·2^-24 rounded to float32
+BLOCK = SEGMENT  # values per vectorized step (whole copies, or one segment): speed only, not values
 
 _scratch = threading.local()  # per-thread work arrays, reused: fresh large arrays cost page faults
 
@@ -60,65 +78,71 @@ class Gaussian:
         copies = out.reshape(len(out), -1)
         clean = clean.reshape(-1)
         values = copies.shape[1]
-        rng = self._at(first_copy * uniforms_per_copy(values))
-        if values <= SEGMENT:  # small copies: whole copies in blocks of about SEGMENT values, even sizes
-            blocks = -(-len(copies) // (SEGMENT // values))
+        bits = self._at(first_copy * draws_per_copy(values))
+        if values <= SEGMENT:  # small copies: whole copies in blocks of about BLOCK values, even sizes
+            blocks = -(-len(copies) // max(1, BLOCK // values))
             per_block = -(-len(copies) // blocks) if blocks else 1
             for start in range(0, len(copies), per_block):
-                _gaussian_segments(copies[start:start + per_block], clean, sigma, rng)
+                rows = copies[start:start + per_block]
+                gaussian_rows(rows, clean, sigma, bits.random_raw(len(rows) * ((values + 1) // 2)))
             return out
-        whole = values - values % SEGMENT
         for copy in copies:  # large copies (videos): segment by segment
-            for start in range(0, whole, SEGMENT):
-                _gaussian_segments(copy[None, start:start + SEGMENT], clean[start:start + SEGMENT], sigma, rng)
-            if whole < values:
-                _gaussian_segments(copy[None, whole:], clean[whole:], sigma, rng)
+            for start in range(0, values, SEGMENT):
+                segment = copy[None, start:start + SEGMENT]
+                gaussian_rows(segment, clean[start:start + SEGMENT], sigma,
+                              bits.random_raw((segment.shape[1] + 1) // 2))
         return out
 
-    def _at(self, uniforms: int) -> np.random.Generator:
-        """A generator positioned `uniforms` 64-bit draws after the start of this stream."""
+    def _at(self, draws: int) -> np.random.PCG64DXSM:
+        """This stream's bit generator, positioned `draws` 64-bit draws after its start."""
         bit_generator = np.random.PCG64DXSM(0)
         bit_generator.state = self._start
-        bit_generator.advance(uniforms)
-        return np.random.Generator(bit_generator)
+        bit_generator.advance(draws)
+        return bit_generator
 
 
-def uniforms_per_copy(values: int) -> int:
-    """Uniforms (one 64-bit draw each) that one copy of `values` values reads: two per pair of values."""
+def draws_per_copy(values: int) -> int:
+    """64-bit draws that one copy of `values` values reads: one per pair, per segment."""
     whole, rest = divmod(values, SEGMENT)
-    return whole * SEGMENT + 2 * ((rest + 1) // 2)
+    return whole * (SEGMENT // 2) + (rest + 1) // 2
 
 
-def _gaussian_segments(rows: np.ndarray, clean: np.ndarray, sigma: float, rng: np.random.Generator) -> None:
-    """rows[i] = clean + sigma · z_i for each row (one segment each), by Box–Muller."""
+def gaussian_rows(rows: np.ndarray, clean: np.ndarray, sigma: float, draws: np.ndarray) -> None:
+    """rows[i] = clean + sigma · z_i for each row (one segment each), by Box–Muller from `draws`
+    (uint64, ceil(length/2) per row, overwritten): draw i's pair fills values i and i + ceil(length/2)."""
     count, length = rows.shape
     pairs = (length + 1) // 2
-    uniforms, radius, angle = _work_arrays(count * pairs)
-    uniforms = uniforms[:2 * count * pairs].reshape(count, 2 * pairs)
-    radius = radius[:count * pairs].reshape(count, pairs)
-    angle = angle[:count * pairs].reshape(count, pairs)
-    rng.random(out=uniforms)
+    log_u, radius, angle = (array[:count * pairs] for array in _work_arrays(count * pairs))
 
-    log_u = uniforms[:, :pairs]
-    np.subtract(1.0, log_u, out=log_u)  # U in [0, 1) → u in (0, 1]: ln u is finite
-    np.log(log_u, out=log_u)
+    # θ = a·(2π·2^-24) in float32, a the low 24 bits (exact in float32): one rounding of the product.
+    angle_bits = angle.view(np.int32)
+    np.bitwise_and(draws, ANGLE_MASK, out=angle_bits, casting="unsafe")
+    np.multiply(angle_bits, ANGLE_STEP, out=angle, dtype=np.float32, casting="unsafe")
+
+    # u = 1 - k·2^-40 in [2^-40, 1], k the top 40 bits: ln u = log1p(-k·2^-40), an exact argument.
+    np.right_shift(draws, np.uint64(64 - RADIUS_BITS), out=draws)
+    np.multiply(draws.view(np.int64), -2.0 ** -RADIUS_BITS, out=log_u)  # k < 2^40: the same as int64
+    np.log1p(log_u, out=log_u)
     np.multiply(log_u, -2.0 * sigma * sigma, out=radius, casting="unsafe")
     np.sqrt(radius, out=radius)  # sigma · sqrt(-2 ln u)
-    np.multiply(uniforms[:, pairs:], TWO_PI, out=angle, casting="unsafe")
 
-    cosines, sines = rows[:, :pairs], rows[:, pairs:]
-    np.cos(angle, out=cosines)
-    cosines *= radius
-    np.sin(angle[:, :length - pairs], out=sines)
-    sines *= radius[:, :length - pairs]
+    radius, angle = radius.reshape(count, pairs), angle.reshape(count, pairs)
+    sines = length - pairs
+    np.cos(angle, out=rows[:, :pairs])
+    np.sin(angle[:, :sines], out=rows[:, pairs:])
+    if sines == pairs:  # even length: both halves times the radius in one call
+        rows.reshape(count, 2, pairs)[:] *= radius[:, None, :]
+    else:
+        rows[:, :pairs] *= radius
+        rows[:, pairs:] *= radius[:, :sines]
     rows += clean
 
 
 def _work_arrays(pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """This thread's uniforms (float64, 2 per pair), radius and angle (float32) arrays."""
+    """This thread's ln u (float64), radius and angle (float32) arrays, one value per pair."""
     arrays = getattr(_scratch, "arrays", None)
-    if arrays is None or len(arrays[1]) < pairs:
-        size = max(pairs, SEGMENT // 2)
-        arrays = (np.empty(2 * size), np.empty(size, np.float32), np.empty(size, np.float32))
+    if arrays is None or len(arrays[0]) < pairs:
+        size = max(pairs, BLOCK // 2)
+        arrays = (np.empty(size), np.empty(size, np.float32), np.empty(size, np.float32))
         _scratch.arrays = arrays
     return arrays

@@ -71,3 +71,45 @@ def test_non_contiguous_buffer_is_refused():
     out = np.empty((4, 1, 8, 8), np.float32)[:, :, ::2]
     with pytest.raises(ValueError, match="C-contiguous"):
         noise.Gaussian(0, 0, noise.ESTIMATION).fill(out, np.zeros((1, 4, 8), np.float32), 1.0)
+
+
+def reference(seed: int, index: int, purpose: int, copies: int, first: int, values: int, sigma: float) -> np.ndarray:
+    """The generator's definition, written out in float64 from the stream's raw 64-bit draws: one draw
+    per pair, radius from its top 40 bits, angle from its low 24; per segment cosines then sines."""
+    bits = np.random.PCG64DXSM(np.random.SeedSequence(seed, spawn_key=(index, purpose)))
+    bits.advance(first * noise.draws_per_copy(values))
+    out = np.empty((copies, values))
+    for copy in out:
+        for start in range(0, values, noise.SEGMENT):
+            segment = copy[start:start + noise.SEGMENT]
+            pairs = (len(segment) + 1) // 2
+            draws = bits.random_raw(pairs)
+            k, a = (draws >> np.uint64(24)).astype(np.float64), (draws & np.uint64(2 ** 24 - 1)).astype(np.float64)
+            radius = sigma * np.sqrt(-2 * np.log1p(-k / 2 ** 40))
+            angle = 2 * np.pi * a / 2 ** 24
+            segment[:pairs] = radius * np.cos(angle)
+            segment[pairs:] = (radius * np.sin(angle))[:len(segment) - pairs]
+    return out
+
+
+@pytest.mark.parametrize("shape, copies, first", [((1, 5, 7), 3, 2), ((2, 8), 1, 0), ((1, noise.SEGMENT + 3), 2, 1)])
+def test_values_are_the_definition(shape, copies, first):
+    """Against an independent float64 rendering of the definition (docs/soundness.md): only the float32
+    rounding of the radius, the angle, cos and sin separates them, a few ulps of values of about 1."""
+    values = int(np.prod(shape))
+    got = draw(copies, shape, seed=7, sigma=0.5, first=first).reshape(copies, values)
+    want = reference(7, 0, noise.ESTIMATION, copies, first, values, 0.5)
+    assert np.abs(got - want).max() < 2e-6
+
+
+def test_radius_is_cut_at_the_40_bit_grid():
+    """The largest radius (k = 2^40 - 1, u = 2^-40) is sqrt(80 ln 2) = 7.447 and the smallest is 0
+    (k = 0): extreme draws give finite values, and nothing beyond the stated tail cut."""
+    top = np.uint64(((1 << 40) - 1) << 24)
+    draws = np.array([top, top | np.uint64(1 << 22), 0, np.uint64(1 << 22)], dtype=np.uint64)
+    rows = np.zeros((1, 8), np.float32)
+    noise.gaussian_rows(rows, np.zeros(8, np.float32), 1.0, draws)
+    cut = np.sqrt(80 * np.log(2))
+    # angle 0 and π/2 (a = 2^22 is a quarter turn): cosine half, then sine half
+    np.testing.assert_allclose(rows[0], [cut, 0, 0, 0, 0, cut, 0, 0], atol=2e-6)
+    assert np.abs(draw(2000, (1, 28, 28), seed=1)).max() <= np.float32(cut)
