@@ -361,8 +361,12 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
         core.check(kwargs.get("engine", "local") == "local",
                    "images as an array run locally; for --engine ray save them (np.savez(path, x=x, y=y)) "
                    "and pass the path")
-        images, kwargs = InMemoryImages(np.asarray(images), kwargs.get("labels")), \
-            {k: v for k, v in kwargs.items() if k != "labels"}
+        try:
+            pixels = np.asarray(images)
+        except ValueError:  # a ragged list: images of several sizes
+            raise UsageError("images: a path, or one N×C×H×W array of images of one size (resize them first, "
+                             "e.g. with srtool.load_images(path, image_size=…))") from None
+        images, kwargs = InMemoryImages(pixels, kwargs.get("labels")), {k: v for k, v in kwargs.items() if k != "labels"}
     core.check(videos is None or isinstance(videos, (str, Path)), "videos must be a path (file or folder)")
     if isinstance(model, (list, tuple)):
         model = tuple(str(m) for m in model)

@@ -436,11 +436,15 @@ def show(run, fmt, errors_only):
 
 def _show_table(path, errors_only: bool = False, results=None) -> None:
     from .api import read_results
-    from .report import per_input
+    from .report import capped_note, per_input
 
-    header, rows = per_input(results or read_results(path), errors_only, short_paths=True)
+    results = results or read_results(path)
+    header, rows = per_input(results, errors_only, for_people=True)
     _print_table(header, [["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
                           for row in rows])
+    note = capped_note(results)
+    if note:
+        click.echo(note, err=True)
 
 
 @cli.command()

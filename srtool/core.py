@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -81,6 +82,20 @@ def _is_number(value) -> bool:
 def _whole(value, option: str) -> None:
     """1000.0 or "1000" is a mistake of type, not of size: say so rather than "must be at least 1"."""
     check(_is_int(value), f"{option} must be a whole number, not {value!r}")
+
+
+def _number(value, option: str) -> None:
+    """"0.25" or None where a number is meant: say what is wrong with it, not what range it misses."""
+    check(_is_number(value), f"{option} must be a finite number, not {value!r}")
+
+
+def _flag(value, option: str) -> None:
+    """Python's truthiness would read "no" as yes: only True or False turn a mode on or off."""
+    check(isinstance(value, bool), f"{option} must be True or False, not {value!r}")
+
+
+def _path_or_none(value, option: str) -> None:
+    check(value is None or isinstance(value, (str, os.PathLike)), f"{option} must be a file path, not {value!r}")
 
 
 def _positive_or_none(value, option: str, most: int | None = None) -> None:
@@ -174,8 +189,11 @@ class Statistics:
     def __post_init__(self):
         _plain(self)
         _choice(self.mode, MODES, "mode")
-        check(self.sigma is None or (_is_number(self.sigma) and self.sigma > 0), "--sigma must be positive")
-        check(_is_number(self.alpha) and 0 < self.alpha < 1, "--alpha must lie strictly between 0 and 1")
+        if self.sigma is not None:
+            _number(self.sigma, "--sigma")
+        check(self.sigma is None or self.sigma > 0, "--sigma must be positive")
+        _number(self.alpha, "--alpha")
+        check(0 < self.alpha < 1, "--alpha must lie strictly between 0 and 1")
         for option in ("n", "n0"):
             if getattr(self, option) is not None:
                 _whole(getattr(self, option), f"--{option}")
@@ -186,13 +204,17 @@ class Statistics:
         _whole(self.seed, "--seed")
         check(0 <= self.seed < 2**63, "--seed must be an integer from 0 to 2^63-1")
         from .sequential import METHODS
+        _flag(self.sequential, "--sequential")
         check(not self.sequential or self.mode == "certify", "--sequential applies to certify only")
         if self.radii is not None:
             check(self.sequential, "--radii applies to --sequential runs (srtool report takes its own --radii)")
-            radii = tuple(float(r) for r in np.atleast_1d(self.radii))
-            check(radii and all(_is_number(r) and r > 0 for r in radii), "--radii must be positive numbers")
+            given = np.atleast_1d(np.asarray(self.radii, dtype=object))
+            check(given.ndim == 1 and all(_is_number(r) for r in given), "--radii must be positive numbers")
+            radii = tuple(float(r) for r in given)
+            check(radii and all(r > 0 for r in radii), "--radii must be positive numbers")
             object.__setattr__(self, "radii", tuple(sorted(set(radii))))
-        check(_is_number(self.tolerance) and self.tolerance > 0, "--tolerance must be positive")
+        _number(self.tolerance, "--tolerance")
+        check(self.tolerance > 0, "--tolerance must be positive")
         _choice(self.sequential_method, METHODS, "--sequential-method")
 
 
@@ -231,6 +253,9 @@ class Runtime:
         if self.workers is not None:
             _whole(self.workers, "--workers")
         check(self.workers is None or self.workers >= 1, "--workers must be at least 1")
+        for option in ("cpus_per_worker", "gpus_per_worker"):
+            if getattr(self, option) is not None:
+                _number(getattr(self, option), f"--{option.replace('_', '-')}")
         check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "--cpus-per-worker must be positive")
         check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "--gpus-per-worker must be 0 or more")
 
@@ -245,6 +270,8 @@ class Output:
 
     def __post_init__(self):
         _plain(self)
+        _path_or_none(self.out, "--out")
+        _flag(self.overwrite, "--overwrite")
         _whole(self.skip, "--skip")
         check(self.skip >= 1, "--skip must be at least 1")
         if self.max is not None:
@@ -284,6 +311,8 @@ class Run:
         expected = ImagePlan if self.kind == "images" else VideoPlan
         check(isinstance(self.plan, expected), f"a {self.kind} run takes a {expected.__name__}")
         check(self.kind == "videos" or self.split is None, "--split applies to videos")
+        _path_or_none(self.labels, "--labels")
+        _path_or_none(self.split, "--split")
 
     @property
     def models(self) -> tuple[str, ...]:

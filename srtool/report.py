@@ -234,18 +234,20 @@ def cap_notes(summaries: list[dict], radii=None) -> list[str]:
         cap = s.get("max_radius")
         if cap is None or not any(r > cap for r in radii):
             continue
-        over = ", ".join(f"@{r:g}" for r in radii if r > cap)
+        over = [f"@{r:g}" for r in radii if r > cap]
         sigma = f" = {cap / s['sigma']:.2f}σ" if s.get("sigma") else ""
         notes.append(f"* {s.get('label') or s['run']}: n = {s['n']:,} and α = {s.get('alpha', 0.001):g} certify no "
-                     f"radius above {cap:.3g}{sigma} (σ·Φ⁻¹(α^(1/n))); {over} are 0 by construction, "
-                     "whatever the model (a larger n reaches further)")
+                     f"radius above {cap:.3g}{sigma} (σ·Φ⁻¹(α^(1/n))); {', '.join(over)} "
+                     f"{'is' if len(over) == 1 else 'are'} 0 by construction, whatever the model "
+                     "(a larger n reaches further)")
     return notes
 
 
-def per_input(results, errors_only: bool = False, short_paths: bool = False) -> tuple[list[str], list[list]]:
-    """`srtool show`: one row per input with class names where the model declares them. `short_paths`
+def per_input(results, errors_only: bool = False, for_people: bool = False) -> tuple[list[str], list[list]]:
+    """`srtool show`: one row per input with class names where the model declares them. `for_people`
     (the table): an input under the run's dataset folder is named from there, not by a long absolute
-    path (into site-packages for the shipped demo)."""
+    path (into site-packages for the shipped demo), and a radius that every one of the n votes went
+    to is marked `*`: it is the largest n and α allow (see capped_note), not the model's limit."""
     config = results.config
     names = config.get("classes") or []
     root = Path(config.get("dataset") or "")
@@ -263,13 +265,34 @@ def per_input(results, errors_only: bool = False, short_paths: bool = False) -> 
         if errors_only and row["error"] is None:
             continue
         where = row.get("path") or str(row["index"])
-        if short_paths and row.get("path") and Path(where).is_absolute() and root.is_absolute():
+        if for_people and row.get("path") and Path(where).is_absolute() and root.is_absolute():
             where = _under(Path(where), root)
         label = name(row["label"]) if row["label"] >= 0 else "-"
         predicted = name(row["predict"]) if row["error"] is None else "-"
         numbers = [row.get("p_value")] if config.get("command") == "predict" else [row["radius"], row["p_lower"]]
+        if for_people and _capped(row, config):
+            numbers[0] = f"{row['radius']:.4g}*"
         rows.append([where, label, predicted, *numbers, row["error"]])
     return header, rows
+
+
+def _capped(row: dict, config: dict) -> bool:
+    """A fixed-n CERTIFY row whose n votes all went to its class: its radius is max_radius."""
+    return (config.get("command", "certify") == "certify" and not config.get("sequential") and row["error"] is None
+            and row["n"] > 0 and row["count"] == row["n"] and (row["radius"] or 0) > 0)
+
+
+def capped_note(results) -> str | None:
+    """What the `*` of per_input's table means, where some row has one."""
+    config = results.config
+    capped = [row for row in results.table.to_pylist() if _capped(row, config)]
+    if not capped:
+        return None
+    cap = max_radius(config, 1.0)
+    factor = ", times the radius factor" if any(row["radius_factor"] != 1 for row in capped) else ""
+    return (f"* {len(capped)} of {len(results)} inputs got every one of the n = {config['n']:,} votes: their radius "
+            f"is the largest n and α = {config.get('alpha', 0.001):g} allow (σ·Φ⁻¹(α^(1/n)) = "
+            f"{cap / config['sigma']:.2f}σ{factor}), not a limit of the model; a larger n certifies further")
 
 
 def _under(path: Path, root: Path) -> str:
@@ -283,9 +306,11 @@ def _under(path: Path, root: Path) -> str:
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table; a `|` in a cell (a run's file name, say) is escaped so it stays one cell."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in rows])
 
 
 def cohen_tsv(table: pa.Table) -> str:

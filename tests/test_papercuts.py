@@ -298,9 +298,14 @@ def test_radius_columns_past_what_n_and_alpha_allow_are_marked(tmp_path, linear,
     code, stdout, err = cli("report", out, "--radii", "0.25,0.45,0.5", capsys=capsys)
     cells = stdout.splitlines()[1].split()[-3:]
     assert not cells[0].endswith("*") and not cells[1].endswith("*") and cells[2] == "0.0%*"
-    assert f"certify no radius above {cap:.3g} = 1.83σ" in err and "@0.5 are 0 by construction" in err
+    assert f"certify no radius above {cap:.3g} = 1.83σ" in err and "@0.5 is 0 by construction" in err
     code, _, err = cli("report", out, "--radii", "0.1,0.2", capsys=capsys)
     assert "by construction" not in err
+    code, stdout, err = cli("show", out, capsys=capsys)  # the inputs whose radius is that largest one
+    rows = read(out)[0].to_pylist()
+    capped = [r for r in rows if r["count"] == r["n"]]
+    assert capped and all(r["radius"] == pytest.approx(cap) for r in capped)
+    assert stdout.count("*") == len(capped) and f"* {len(capped)} of 6 inputs got every one of the n = 200" in err
 
 
 # -- 17. a grey image on an RGB model -------------------------------------------------------------------
