@@ -136,7 +136,8 @@ class Smooth:
 
         members = model if isinstance(model, (list, tuple)) else [model]
         core.check(len(members) >= 1, "model: give at least one model")
-        core.Run(model=tuple(f"member{i}" for i in range(len(members))), consensus=consensus)  # checks K
+        consensus = core.Run(model=tuple(f"member{i}" for i in range(len(members))),
+                             consensus=consensus).consensus  # checks K (and makes a numpy K plain)
         self.models = [_load(member) for member in members]
         check_members(self.models)
         self.model, self.consensus = self.models[0], consensus
