@@ -311,8 +311,10 @@ class Run:
         expected = ImagePlan if self.kind == "images" else VideoPlan
         check(isinstance(self.plan, expected), f"a {self.kind} run takes a {expected.__name__}")
         check(self.kind == "videos" or self.split is None, "--split applies to videos")
-        _path_or_none(self.labels, "--labels")
-        _path_or_none(self.split, "--split")
+        for name in ("labels", "split"):  # file paths, kept as text: they go into the results' JSON metadata
+            _path_or_none(getattr(self, name), f"--{name}")
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
 
     @property
     def models(self) -> tuple[str, ...]:

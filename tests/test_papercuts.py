@@ -61,6 +61,20 @@ def test_numpy_numbers_reach_the_results_metadata_as_plain_json(tmp_path, linear
     assert type(config["alpha"]) is float and (config["alpha"], config["sigma"]) == (0.001, 0.25)
 
 
+def test_path_objects_reach_the_results_metadata_as_text(tmp_path, make_linear):
+    import cv2
+
+    model = make_linear(np.ones((16, 2)), np.zeros(2), (1, 4, 4), metadata={"srtool.sigma": 0.25})
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((4, 4), 9, np.uint8))
+    (tmp_path / "labels.csv").write_text("a.png,1\n")
+    results = srtool.certify(Path(model), images=folder, labels=tmp_path / "labels.csv", n0=10, n=50,
+                             out=tmp_path / "r.parquet")
+    assert read(tmp_path / "r.parquet")[1]["labels"] == str(tmp_path / "labels.csv")
+    assert results.table.column("label").to_pylist() == [1]
+
+
 # -- 10. "must be a whole number" -----------------------------------------------------------------------
 
 INTEGER_OPTIONS = ["n", "n0", "seed", "patches", "patch_size", "resize", "image_size", "batch", "threads", "skip",
