@@ -578,7 +578,8 @@ def load_images(path: str | Path, image_size: int | None = None, channels: int |
     N×C×H×W in [0,1] with `channels` (1: grey by luma, 3: grey copied to RGB; None: as stored) and,
     with `image_size`, the shorter side resized to it and the centre cropped square. Also the labels
     (-1: unlabelled). An image that cannot be read, or sizes that differ, stop it with one line."""
-    if image_size is not None and not (isinstance(image_size, (int, np.integer)) and 0 < image_size <= 16_384):
+    whole = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+    if image_size is not None and not (whole and 0 < image_size <= 16_384):
         raise UsageError(f"--image-size must be a positive whole number, not {image_size!r}")
     if channels not in (None, 1, 3):
         raise UsageError(f"channels must be 1, 3 or None, not {channels!r}")
