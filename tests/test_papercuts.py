@@ -125,6 +125,8 @@ def test_smooth_says_whole_number_too(linear):
     ("--subvideo 12 must be a multiple of the chunk (8 frames)", "subvideo=12 must be a multiple of the chunk (8 frames)"),
     ("m.onnx does not declare its input size; pass --patch-size", "m.onnx does not declare its input size; pass patch_size="),
     ("runs/a--b.parquet is damaged", "runs/a--b.parquet is damaged"),  # not an option: left alone
+    ("--labels and --split apply to folders of videos", "labels and split apply to folders of videos"),
+    ("--noise-space for videos must be one of input, patch", "noise_space for videos must be one of input, patch"),
 ])
 def test_messages_in_python_spelling(message, spelled):
     assert in_python_spelling(message) == spelled
