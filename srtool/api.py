@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from . import core
-from .errors import UsageError, python_spelling
+from .errors import UsageError, python_spelling, shown
 from .stats import ABSTAIN
 
 __all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify", "load_images", "predict",
@@ -181,7 +181,7 @@ class Smooth:
         from .data import Item
         from .pipeline import evaluate
 
-        core.check(core._is_int(index), f"index must be a whole number, not {index!r}")
+        core.check(core._is_int(index), f"index must be a whole number, not {shown(index)}")
         core.check(index >= 0, "index must be 0 or more")
         index = int(index)
         batch = core.Runtime(batch=batch).batch  # checked like --batch; numpy integers made plain
@@ -323,7 +323,7 @@ def _radii(radii) -> tuple[float, ...]:
     """One radius or several, as floats ≥ 0 (a bad one is refused in one line)."""
     values = np.atleast_1d(np.asarray(radii, dtype=object))
     core.check(values.ndim == 1 and all(core._is_number(r) and r >= 0 for r in values),
-               f"radii must be numbers ≥ 0, not {radii!r}")
+               f"radii must be numbers ≥ 0, not {shown(radii)}")
     return tuple(float(r) for r in values)
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import UsageError
+from .errors import UsageError, shown
 
 ASSETS = resources.files("srtool") / "assets"
 DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
@@ -67,7 +67,7 @@ def check(condition: bool, message: str) -> None:
 
 
 def _choice(value, choices, option: str) -> None:
-    check(value in choices, f"{option} must be one of {', '.join(map(str, choices))}")
+    check(isinstance(value, str) and value in choices, f"{option} must be one of {', '.join(map(str, choices))}")
 
 
 def _is_int(value) -> bool:
@@ -81,21 +81,21 @@ def _is_number(value) -> bool:
 
 def _whole(value, option: str) -> None:
     """1000.0 or "1000" is a mistake of type, not of size: say so rather than "must be at least 1"."""
-    check(_is_int(value), f"{option} must be a whole number, not {value!r}")
+    check(_is_int(value), f"{option} must be a whole number, not {shown(value)}")
 
 
 def _number(value, option: str) -> None:
     """"0.25" or None where a number is meant: say what is wrong with it, not what range it misses."""
-    check(_is_number(value), f"{option} must be a finite number, not {value!r}")
+    check(_is_number(value), f"{option} must be a finite number, not {shown(value)}")
 
 
 def _flag(value, option: str) -> None:
     """Python's truthiness would read "no" as yes: only True or False turn a mode on or off."""
-    check(isinstance(value, bool), f"{option} must be True or False, not {value!r}")
+    check(isinstance(value, bool), f"{option} must be True or False, not {shown(value)}")
 
 
 def _path_or_none(value, option: str) -> None:
-    check(value is None or isinstance(value, (str, os.PathLike)), f"{option} must be a file path, not {value!r}")
+    check(value is None or isinstance(value, (str, os.PathLike)), f"{option} must be a file path, not {shown(value)}")
 
 
 def _positive_or_none(value, option: str, most: int | None = None) -> None:

@@ -38,7 +38,7 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, shown
 
 # A file OpenCV cannot decode becomes an error row that says so; its own WARN lines on stderr would
 # only break into the progress bar.
@@ -580,9 +580,9 @@ def load_images(path: str | Path, image_size: int | None = None, channels: int |
     (-1: unlabelled). An image that cannot be read, or sizes that differ, stop it with one line."""
     whole = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
     if image_size is not None and not (whole and 0 < image_size <= 16_384):
-        raise UsageError(f"--image-size must be a positive whole number, not {image_size!r}")
+        raise UsageError(f"--image-size must be a positive whole number, not {shown(image_size)}")
     if channels not in (None, 1, 3):
-        raise UsageError(f"channels must be 1, 3 or None, not {channels!r}")
+        raise UsageError(f"channels must be 1, 3 or None, not {shown(channels)}")
     dataset = open_images(path, labels)
     dataset.channels, dataset.size = channels, None if image_size is None else int(image_size)
     images = []

@@ -29,6 +29,13 @@ class InputError(Exception):
         self.columns = columns or {}
 
 
+def shown(value, limit: int = 60) -> str:
+    """A value as a message quotes it: its repr on one line, cut to `limit` characters (an array's
+    repr runs over lines and pages)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 # `--name`, then maybe its value: a number, a one-letter placeholder (K), or a word (checked below
 # against the option's choices, so that "--device cuda" is a value but "--n must" is not).
 _OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (-?\d[\d.,_]*(?![\w.])|[A-Z]\b|[a-z]+\b))?")

@@ -497,3 +497,30 @@ def test_exporter_imagenet_classes_and_class_method_factory(tmp_path, capsys, mo
     code = common.run_cli(factory.main, ["--factory", "nets:Tiny.missing", "--input-shape", "3,4,4", "-o",
                                          str(tmp_path / "x.onnx")])
     assert code == 2 and "error: --factory: 'nets' has no callable 'Tiny.missing'" in capsys.readouterr().err
+
+
+# -- fuzz: any value for any keyword is a result or one line in keyword spelling ---------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6), st.sampled_from(["auto", "1000", "0.25", "ray", "cuda", "mean", "input", "union"]),
+    st.integers(-5, 5).map(np.int64), st.floats(-2, 2).map(np.float32), st.just(np.bool_(True)),
+    st.lists(st.floats(-1, 1), max_size=3), st.just(np.zeros((2, 2))), st.just(Path("x")))
+
+
+@given(keywords=st.dictionaries(st.sampled_from(sorted(BAD_VALUES) + ["labels", "overwrite", "sequential"]),
+                                ANY_VALUE, min_size=1, max_size=3))
+def test_fuzz_keywords_give_a_result_or_one_keyword_spelled_line(tmp_path_factory, prototype_run, keywords):
+    model, data = prototype_run(2)
+    out = tmp_path_factory.mktemp("fuzz") / "r.parquet"
+    options = {"max": 0, **keywords}  # whatever passes the checks evaluates no input: the checks are the test
+    try:
+        results = srtool.certify(model, images=data, out=out, **options)
+    except UsageError as error:
+        message = str(error)
+        assert message and "\n" not in message and "--" not in message, message
+        assert not out.exists(), message
+    else:
+        assert out.is_file() and len(results) <= 2
