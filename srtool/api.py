@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +249,7 @@ def _batch(batch, batch_size):
         return batch
     warnings.warn("batch_size is deprecated: use batch= (as srtool.certify and --batch)", DeprecationWarning,
                   stacklevel=4)
-    core.check(batch == "auto", "give batch or batch_size (its old name), not both")
+    core.check(isinstance(batch, str) and batch == "auto", "give batch or batch_size (its old name), not both")
     return batch_size
 
 
@@ -358,7 +359,7 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
     from .data import InMemoryImages
 
     core.check(images is None or videos is None, "give images or videos, not both")
-    if images is not None and not isinstance(images, (str, Path)):  # arrays: N×C×H×W, labels= beside them
+    if images is not None and not isinstance(images, (str, os.PathLike)):  # arrays: N×C×H×W, labels= beside them
         core.check(kwargs.get("engine", "local") == "local",
                    "images as an array run locally; for --engine ray save them (np.savez(path, x=x, y=y)) "
                    "and pass the path")
@@ -368,7 +369,7 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
             raise UsageError("images: a path, or one N×C×H×W array of images of one size (resize them first, "
                              "e.g. with srtool.load_images(path, image_size=…))") from None
         images, kwargs = InMemoryImages(pixels, kwargs.get("labels")), {k: v for k, v in kwargs.items() if k != "labels"}
-    core.check(videos is None or isinstance(videos, (str, Path)), "videos must be a path (file or folder)")
+    core.check(videos is None or isinstance(videos, (str, os.PathLike)), "videos must be a path (file or folder)")
     if isinstance(model, (list, tuple)):
         model = tuple(str(m) for m in model)
     elif model is not None:

@@ -236,7 +236,7 @@ class Runtime:
     def __post_init__(self):
         from .engine import DEVICES
         _plain(self)
-        if self.batch != "auto":
+        if not (isinstance(self.batch, str) and self.batch == "auto"):
             _whole(self.batch, "--batch")
         check(self.batch == "auto" or self.batch >= 1,
               "--batch must be a positive integer or 'auto'")
