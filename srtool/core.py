@@ -237,7 +237,7 @@ class Runtime:
         from .engine import DEVICES
         _plain(self)
         if not (isinstance(self.batch, str) and self.batch == "auto"):
-            _whole(self.batch, "--batch")
+            check(_is_int(self.batch), f"--batch must be a positive integer or 'auto', not {shown(self.batch)}")
         check(self.batch == "auto" or self.batch >= 1,
               "--batch must be a positive integer or 'auto'")
         _choice(self.device, DEVICES, "--device")

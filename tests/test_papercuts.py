@@ -88,7 +88,8 @@ def test_a_count_that_is_not_a_whole_number_says_so(tmp_path, linear, option, va
     out = tmp_path / "r.parquet"
     with pytest.raises(UsageError) as raised:
         srtool.certify(model, images=data, out=out, **{option: value})
-    assert str(raised.value) == f"{option} must be a whole number, not {value!r}"
+    kind = "a positive integer or 'auto'" if option == "batch" else "a whole number"
+    assert str(raised.value) == f"{option} must be {kind}, not {value!r}"
     assert not out.exists() and not Path(f"{out}.parts").exists()
 
 
@@ -99,7 +100,7 @@ def test_smooth_says_whole_number_too(linear):
     for keywords, message in [({"n": 1000.0}, "n must be a whole number, not 1000.0"),
                               ({"n0": "100"}, "n0 must be a whole number, not '100'"),
                               ({"index": 1.0}, "index must be a whole number, not 1.0"),
-                              ({"batch": 8.0}, "batch must be a whole number, not 8.0")]:
+                              ({"batch": 8.0}, "batch must be a positive integer or 'auto', not 8.0")]:
         with pytest.raises(UsageError) as raised:
             smooth.certify(x, **keywords)
         assert str(raised.value) == message
