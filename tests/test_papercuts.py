@@ -511,6 +511,7 @@ ANY_VALUE = st.one_of(
     st.lists(st.floats(-1, 1), max_size=3), st.just(np.zeros((2, 2))), st.just(Path("x")))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # σ warnings: allowed values, said as warnings
 @given(keywords=st.dictionaries(st.sampled_from(sorted(BAD_VALUES) + ["labels", "overwrite", "sequential"]),
                                 ANY_VALUE, min_size=1, max_size=3))
 def test_fuzz_keywords_give_a_result_or_one_keyword_spelled_line(tmp_path_factory, prototype_run, keywords):
