@@ -72,6 +72,9 @@ def in_python_spelling(message: str) -> str:
 
     def keyword(match: re.Match) -> str:
         option, value = match.group(1), match.group(2)
+        command = message.rfind("srtool ", 0, match.start())
+        if command >= 0 and not re.search(r"[;()]", message[command:match.start()]):
+            return match.group(0)  # part of a shell command the message quotes ("srtool show RUN --errors")
         name = option.replace("-", "_")
         if value is not None and value.isalpha() and len(value) > 1 and value not in choices.get(option, ()):
             value = None  # an ordinary word that follows the option, not its value
