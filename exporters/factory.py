@@ -5,8 +5,8 @@
         --mean 0.4914,0.4822,0.4465 --std 0.2470,0.2435,0.2616 -o mynet.onnx
 
 `--factory` is `package.module:callable` (importable from the current directory) or
-`path/to/file.py:callable`, where the callable may be `Class.method`; it must return an nn.Module mapping N×C×H×W (or N×C×T×H×W) to N×classes
-logits. If the network expects normalized input, give --mean/--std (and --scale 255 for networks
+`path/to/file.py:callable`, where the callable may be `Class.method`; it must return an
+nn.Module mapping N×C×H×W (or N×C×T×H×W) to N×classes logits. If the network expects normalized input, give --mean/--std (and --scale 255 for networks
 fed 0-255 pixels): srtool feeds [0,1] pixels, so the normalization goes inside the graph.
 """
 

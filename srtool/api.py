@@ -368,7 +368,8 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
         except ValueError:  # a ragged list: images of several sizes
             raise UsageError("images: a path, or one N×C×H×W array of images of one size (resize them first, "
                              "e.g. with srtool.load_images(path, image_size=…))") from None
-        images, kwargs = InMemoryImages(pixels, kwargs.get("labels")), {k: v for k, v in kwargs.items() if k != "labels"}
+        images = InMemoryImages(pixels, kwargs.get("labels"))
+        kwargs = {k: v for k, v in kwargs.items() if k != "labels"}
     core.check(videos is None or isinstance(videos, (str, os.PathLike)), "videos must be a path (file or folder)")
     if isinstance(model, (list, tuple)):
         model = tuple(str(m) for m in model)

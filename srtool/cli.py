@@ -333,8 +333,8 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     for i, name in enumerate(header):
         widest = max([len(str(name))] + [len(str(row[i])) for row in rows])
         folds = i == 0 or name == "error"  # names and messages fold onto more lines; the rest stays whole
-        table.add_column(escape(name), overflow="fold", no_wrap=not folds, min_width=min(widest, 12) if folds else widest,
-                         justify="left" if i == 0 else "right")
+        table.add_column(escape(name), overflow="fold", no_wrap=not folds,
+                         min_width=min(widest, 12) if folds else widest, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(escape(str(cell)) for cell in row))
     console = Console()

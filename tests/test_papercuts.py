@@ -129,12 +129,12 @@ def test_smooth_says_whole_number_too(linear):
     ("--address, --workers: for --engine ray only", 'address, workers: for engine="ray" only'),
     ("--consensus K needs an ensemble of more than K models", "consensus=K needs an ensemble of more than K models"),
     ("the sequential budget (--n) must be a whole number", "the sequential budget (n) must be a whole number"),
-    ("--subvideo 12 must be a multiple of the chunk (8 frames)", "subvideo=12 must be a multiple of the chunk (8 frames)"),
+    ("--subvideo 12 must be a multiple of the chunk", "subvideo=12 must be a multiple of the chunk"),
     ("m.onnx does not declare its input size; pass --patch-size", "m.onnx does not declare its input size; pass patch_size="),
     ("runs/a--b.parquet is damaged", "runs/a--b.parquet is damaged"),  # not an option: left alone
     ("--radii applies to --sequential runs (srtool report takes its own --radii)",
      "radii applies to sequential=True runs (srtool report takes its own --radii)"),  # a shell command stays
-    ("2 error rows (list them: srtool show r.parquet --errors)", "2 error rows (list them: srtool show r.parquet --errors)"),
+    ("2 error rows (srtool show r.parquet --errors)", "2 error rows (srtool show r.parquet --errors)"),
     ("--labels and --split apply to folders of videos", "labels and split apply to folders of videos"),
     ("--noise-space for videos must be one of input, patch", "noise_space for videos must be one of input, patch"),
 ])
