@@ -6,8 +6,9 @@
 
 `--factory` is `package.module:callable` (importable from the current directory) or
 `path/to/file.py:callable`, where the callable may be `Class.method`; it must return an
-nn.Module mapping N×C×H×W (or N×C×T×H×W) to N×classes logits. If the network expects normalized input, give --mean/--std (and --scale 255 for networks
-fed 0-255 pixels): srtool feeds [0,1] pixels, so the normalization goes inside the graph.
+nn.Module mapping N×C×H×W (or N×C×T×H×W) to N×classes logits. If the network expects normalized
+input, give --mean/--std (and --scale 255 for networks fed 0-255 pixels): srtool feeds [0,1]
+pixels, so the normalization goes inside the graph. srtool.arch records a file by its name only.
 """
 
 from __future__ import annotations
