@@ -38,7 +38,7 @@ def shown(value, limit: int = 60) -> str:
 
 # `--name`, then maybe its value: a number, a one-letter placeholder (K), or a word (checked below
 # against the option's choices, so that "--device cuda" is a value but "--n must" is not).
-_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (-?\d[\d.,_]*(?![\w.])|[A-Z]\b|[a-z]+\b))?")
+_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (-?\d[\d.,_]*(?:e-?\d+)?(?![\w.])|[A-Z]\b|[a-z]+\b))?")
 # Words after an option that make it the subject of the sentence: "n must be at least 1", "labels and
 # split apply to …", "noise_space for videos must be …".
 _VERB = r"(?:must|applies|apply|needs|need|takes|names|is|was|does)\b"

@@ -119,6 +119,7 @@ def test_smooth_says_whole_number_too(linear):
 
 @pytest.mark.parametrize("message, spelled", [
     ("--n must be at least 1", "n must be at least 1"),
+    ("try --alpha 1e-3 or --n 1,000.", "try alpha=1e-3 or n=1,000."),
     ("images are 32×32 but the model takes 28×28; pass --image-size 28 to resize on load, or "
      "--patch-size/--patches to crop",
      "images are 32×32 but the model takes 28×28; pass image_size=28 to resize on load, or "
