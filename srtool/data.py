@@ -581,7 +581,7 @@ def load_images(path: str | Path, image_size: int | None = None, channels: int |
     whole = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
     if image_size is not None and not (whole and 0 < image_size <= 16_384):
         raise UsageError(f"--image-size must be a positive whole number, not {shown(image_size)}")
-    if channels not in (None, 1, 3):
+    if not (channels is None or (isinstance(channels, (int, np.integer)) and channels in (1, 3))):
         raise UsageError(f"channels must be 1, 3 or None, not {shown(channels)}")
     dataset = open_images(path, labels)
     dataset.channels, dataset.size = channels, None if image_size is None else int(image_size)
