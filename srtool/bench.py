@@ -74,7 +74,7 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
         seconds: float, sigma: float = 0.25, noise_mode: str = "host", rounds: int = 3) -> dict:
     """Bare model and pipeline, measured in turns (`rounds` times, `seconds` each in all) so that
     a shared machine's changing load hits both alike; rates are the medians of the rounds, the ratio
-    is theirs (each round's own ratio is in `ratio_per_round`)."""
+    is theirs."""
     views_per_copy = plan.views_per_copy
     counter = VoteCounter(sampling_graph(model, plan), plan, num_classes, batch, device, threads,
                           device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
@@ -112,7 +112,6 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
         # The ratio of the two printed medians, so the three figures agree; under a changing load a
         # median of per-round ratios could differ from it (0.99 printed beside 10 and 7 fwd/s).
         "ratio": float(np.median(pipeline) / np.median(raw)),
-        "ratio_per_round": [p / r for p, r in zip(pipeline, raw)],
         "host_noise_copies_per_s": noise_only,
         "projected_s_per_input_n100k": (PAPER_N0 + PAPER_N) / copies,
     }
