@@ -180,9 +180,19 @@ def parse_sigma(path: str | os.PathLike) -> float | None:
     return float(found[-1]) if found else None
 
 
+# Class-name lists shipped with the exporters, by the name --classes takes (exporters/classes/NAME.txt).
+# imagenet: the 1000 ILSVRC-2012 classes in the usual order (sorted synset ids, as an ImageFolder of
+# the synset folders numbers them), one short name each; the two names WordNet uses twice are told
+# apart ("crane (bird)", "crane (machine)"; "maillot", "tank suit").
+SHIPPED_CLASSES = Path(__file__).resolve().parent / "classes"
+
+
 def read_classes(path: str | os.PathLike) -> list[str]:
     """Class names from a JSON list, or one name a line (a leading index, as in UCF101's
-    classInd.txt "1 ApplyEyeMakeup", is dropped)."""
+    classInd.txt "1 ApplyEyeMakeup", is dropped); or a shipped list by name (`imagenet`)."""
+    shipped = SHIPPED_CLASSES / f"{path}.txt"
+    if not Path(path).exists() and Path(path).name == str(path) and shipped.is_file():
+        return shipped.read_text().splitlines()
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -224,11 +234,22 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def factory_name(spec: str) -> str:
+    """The --factory spec as the model's srtool.arch records it: a file by its name, not its path
+    (which would tell where the exporting machine keeps it, and differ between machines)."""
+    module_name, _, attr = spec.rpartition(":")
+    return f"{Path(module_name).name}:{attr}" if module_name.endswith(".py") else spec
+
+
 def import_factory(spec: str) -> Callable[..., nn.Module]:
-    """'package.module:callable' (importable from the current directory) or 'path/file.py:callable'."""
+    """'package.module:callable' (importable from the current directory) or 'path/file.py:callable';
+    the callable may be an attribute path, as `module:Class.method` (a classmethod or staticmethod)."""
     if ":" not in spec:
         raise ExportError(f"--factory must look like package.module:callable, got '{spec}'")
     module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr or not all(part.isidentifier() for part in attr.split(".")):
+        raise ExportError(f"--factory must look like package.module:callable (or module:Class.method), "
+                          f"got '{spec}'")
     try:
         if module_name.endswith(".py"):
             file = Path(module_name)
@@ -246,7 +267,9 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
     except Exception as exc:
         raise ExportError(f"cannot import '{module_name}' for --factory: "
                           f"{type(exc).__name__}: {exc}") from None
-    factory = getattr(module, attr, None)
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
     if not callable(factory):
         raise ExportError(f"--factory: '{module_name}' has no callable '{attr}'")
     return factory
@@ -506,7 +529,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path,
                         help="output .onnx file (default: derived from the architecture)")
     parser.add_argument("--classes", type=Path,
-                        help="class names: a JSON list or one name a line (classInd.txt works)")
+                        help="class names: a JSON list or one name a line (classInd.txt works), or "
+                             "'imagenet' for ImageNet's 1000 (shipped in exporters/classes/)")
     parser.add_argument("--sigma", type=float,
                         help="training noise level to record (default: parsed from 'noise_X' in "
                              "the checkpoint path)")

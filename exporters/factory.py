@@ -5,9 +5,10 @@
         --mean 0.4914,0.4822,0.4465 --std 0.2470,0.2435,0.2616 -o mynet.onnx
 
 `--factory` is `package.module:callable` (importable from the current directory) or
-`path/to/file.py:callable`; it must return an nn.Module mapping N×C×H×W (or N×C×T×H×W) to N×classes
-logits. If the network expects normalized input, give --mean/--std (and --scale 255 for networks
-fed 0-255 pixels): srtool feeds [0,1] pixels, so the normalization goes inside the graph.
+`path/to/file.py:callable`, where the callable may be `Class.method`; it must return an
+nn.Module mapping N×C×H×W (or N×C×T×H×W) to N×classes logits. If the network expects normalized
+input, give --mean/--std (and --scale 255 for networks fed 0-255 pixels): srtool feeds [0,1]
+pixels, so the normalization goes inside the graph. srtool.arch records a file by its name only.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from torch import nn
 
 from exporters.common import (ExportError, Job, Preprocess, WithPreprocess, add_common_arguments,
                               base_metadata, export_and_verify, fit_state_dict, import_factory,
-                              info, load_checkpoint, parse_floats, parse_shape, read_classes,
-                              resolve_sigma, run_cli, unwrap_checkpoint)
+                              factory_name, info, load_checkpoint, parse_floats, parse_shape,
+                              read_classes, resolve_sigma, run_cli, unwrap_checkpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export your own PyTorch classifier to a self-contained ONNX model that takes "
                     "[0,1] pixels, then check it against PyTorch.")
     parser.add_argument("--factory", required=True,
-                        help="package.module:callable or file.py:callable returning the nn.Module")
+                        help="package.module:callable or file.py:callable (or …:Class.method) returning "
+                             "the nn.Module")
     parser.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for it")
     parser.add_argument("--checkpoint", type=Path,
                         help="state dict to load (bare, or under 'state_dict'/'model_state_dict'/"
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_classes = int(probe.shape[1])
     classes = read_classes(args.classes) if args.classes else None
     sigma = resolve_sigma(args.sigma, args.checkpoint)
-    name = args.name or args.factory
+    name = args.name or factory_name(args.factory)
     out = args.out or Path(f"{name.rpartition(':')[2]}.onnx")
     meta = base_metadata(name, kind, num_classes, classes, sigma, args.checkpoint, pre)
     job = Job(WithPreprocess(net, pre, len(input_shape) + 1), input_shape, out, meta,

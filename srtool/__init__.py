@@ -10,9 +10,9 @@ See docs/python.md; srtool.core holds the frozen description of a run (core.Run)
 
 __version__ = "0.1.0"
 
-from .api import (ABSTAIN, Certificate, Prediction, Results, Smooth, certify, predict,  # noqa: E402
-                  read_results, shipped)
+from .api import (ABSTAIN, Certificate, Prediction, Results, Smooth, certify, load_images,  # noqa: E402
+                  predict, read_results, shipped)
 from .errors import UsageError  # noqa: E402
 
-__all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "UsageError", "certify", "predict",
-           "read_results", "shipped", "__version__"]
+__all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "UsageError", "certify", "load_images",
+           "predict", "read_results", "shipped", "__version__"]

@@ -10,11 +10,18 @@ engine and statistics as the command line (srtool.core, srtool.pipeline), so the
 the same numbers: the image at position i of a batch uses the noise streams of input `index + i`,
 as the command line uses those of dataset index i. `certify` / `predict` at module level run a
 whole dataset through core.Run with the command line's resumable writer and return `Results`.
+
+Every public function raises the command line's one-line UsageErrors, with options spelled as the
+keyword arguments they are here (errors.python_spelling); numpy integers and floats are accepted
+wherever Python's are (core's dataclasses turn them into Python's own).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +29,14 @@ import numpy as np
 import onnx
 
 from . import core
-from .errors import UsageError
+from .errors import UsageError, python_spelling, shown
 from .stats import ABSTAIN
 
-__all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify", "predict", "read_results",
-           "shipped"]
+__all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify", "load_images", "predict",
+           "read_results", "shipped"]
 
 
+@python_spelling
 def shipped(name: str = core.DEFAULT_MODEL) -> Path:
     """The path of a file shipped with srtool: the models (fmnist_cnn_sigma0.12/0.25/0.50.onnx,
     video_demo_sigma0.25.onnx), the Fashion-MNIST sample (fashion_mnist_sample.npz), video_demo/."""
@@ -53,6 +61,9 @@ class Certificate:
     def __iter__(self):
         return iter((self.label, self.radius))
 
+    def __repr__(self) -> str:
+        return _short_repr(self, ("label", "radius", "p_lower", "count", "n", "radius_factor", "invalid", "stop"))
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -66,6 +77,27 @@ class Prediction:
 
     def __iter__(self):
         return iter((self.label, self.p_value))
+
+    def __repr__(self) -> str:
+        return _short_repr(self, ("label", "p_value", "count", "n", "invalid"))
+
+
+def _short_repr(answer, fields: tuple[str, ...]) -> str:
+    """One line: the fields that say something (no zero `invalid`, no `stop` of a fixed-n run), long
+    arrays cut to their ends, and the votes per class as their shape (they are in `.counts`)."""
+    def short(value) -> str:
+        if isinstance(value, np.ndarray):
+            return np.array2string(value, precision=4, threshold=6, edgeitems=2, separator=", ")
+        return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+    shown = [f"{name}={short(getattr(answer, name))}" for name in fields
+             if not (name == "invalid" and not np.any(getattr(answer, name)))
+             and not (name == "stop" and (getattr(answer, name) is None
+                                          or not np.any(np.asarray(getattr(answer, name)) != None)))]  # noqa: E711
+    counts = np.asarray(answer.counts)
+    what = (f"{counts.shape[0]} images × {counts.shape[1]} classes" if counts.ndim == 2
+            else f"{counts.shape[0]} classes")
+    return f"{type(answer).__name__}({', '.join(shown)}, counts=<{what}>)"
 
 
 def _load(model):
@@ -84,23 +116,25 @@ def _load(model):
 class Smooth:
     """The smoothed classifier of an ONNX image model: randomized smoothing, or Smooth-Reduce with
     `patches` > 1 (or a resize / patch size); a list of models is an ensemble reduced over every
-    (model, view), with `consensus` K as --consensus. `denoiser` (a Gaussian denoiser's ONNX file) or
-    `diffusion` (an ε-prediction UNet's, run once at the step matching σ, or at `timestep`) puts a
-    denoiser in front of the classifier (docs/denoised.md). Sessions are built per input shape and
-    batch size and kept; `close()` (or a `with` block) frees them."""
+    (model, view), with `consensus` K as --consensus. `image_size` resizes every image on load as
+    the command line's does. `denoiser` (a Gaussian denoiser's ONNX file) or `diffusion` (an
+    ε-prediction UNet's, run once at the step matching σ, or at `timestep`) puts a denoiser in front
+    of the classifier (docs/denoised.md). Sessions are built per input shape and batch size and kept;
+    `close()` (or a `with` block) frees them."""
 
+    @python_spelling
     def __init__(self, model, sigma: float | None = None, *, consensus: int | None = None,
                  patches: int = 1, patch_size: int | None = None,
                  resize: int | None = None, sampling: str = "dense", reduce: str = "mean",
-                 noise_space: str = "input", device: str = "auto", seed: int = 0, threads: int = 0,
-                 noise: str = "host", session_options: dict | None = None, provider_options: dict | None = None,
-                 denoiser=None, diffusion=None, timestep: int | None = None):
+                 noise_space: str = "input", image_size: int | None = None, device: str = "auto", seed: int = 0,
+                 threads: int = 0, noise: str = "host", session_options: dict | None = None,
+                 provider_options: dict | None = None, denoiser=None, diffusion=None, timestep: int | None = None):
         self.plan_spec = core.ImagePlan(patches=patches, patch_size=patch_size, resize=resize, sampling=sampling,
-                                        reduce=reduce, noise_space=noise_space)
+                                        reduce=reduce, noise_space=noise_space, image_size=image_size)
         self.runtime = core.Runtime(device=device, noise=noise, threads=threads,
                                     session_options=dict(session_options or {}),
                                     provider_options=dict(provider_options or {}))
-        core.Statistics(sigma=sigma, seed=seed)  # the same checks and messages as the command line
+        checked = core.Statistics(sigma=sigma, seed=seed)  # the same checks and messages as the command line
         # classifier ∘ denoiser (docs/denoised.md): checked as the command line checks --denoiser/--diffusion
         self.denoising = dict(denoiser=denoiser, diffusion=diffusion, timestep=timestep)
         core.Run(plan=self.plan_spec, **self.denoising)
@@ -108,53 +142,62 @@ class Smooth:
 
         members = model if isinstance(model, (list, tuple)) else [model]
         core.check(len(members) >= 1, "model: give at least one model")
-        core.Run(model=tuple(f"member{i}" for i in range(len(members))), consensus=consensus)  # checks K
+        consensus = core.Run(model=tuple(f"member{i}" for i in range(len(members))),
+                             consensus=consensus).consensus  # checks K (and makes a numpy K plain)
         self.models = [_load(member) for member in members]
         check_members(self.models)
         self.model, self.consensus = self.models[0], consensus
         core.image_model_shape(self.model)
-        self.sigma = sigma if sigma is not None else self.model.trained_sigma
+        self.sigma = checked.sigma if checked.sigma is not None else self.model.trained_sigma
         core.check(self.sigma is not None, "sigma is required (the model has no srtool.sigma metadata)")
-        self.seed = seed
+        trained = None if denoiser or diffusion else self.model.trained_sigma  # a denoiser in front: moot
+        for said in core.sigma_warnings(self.sigma, trained):
+            warnings.warn(said, UserWarning, stacklevel=3)
+        self.seed = checked.seed
         self._engines: dict = {}  # (input shape, batch) → (plan, VoteCounter)
 
     # -- Cohen's two procedures ------------------------------------------------------------------------
-    def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch_size: int | str = "auto",
+    @python_spelling
+    def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch: int | str = "auto",
                 index: int = 0, sequential: bool = False, radii=None, tolerance: float = 0.02,
-                sequential_method: str = "union") -> Certificate:
+                sequential_method: str = "union", batch_size=None) -> Certificate:
         """CERTIFY x (C×H×W, or N×C×H×W for arrays): label, certified radius, and the evidence.
 
         `sequential`: n is a budget; copies are drawn in rounds until the answer is known (decide
         `radii`, or estimate the radius to `tolerance`); `.n` says how many were drawn, `.stop` why.
+        `batch`: noisy copies per ONNX Runtime call (`batch_size` is its old, deprecated name).
         """
         rows = self._evaluate(x, core.Statistics(mode="certify", sigma=self.sigma, alpha=alpha, n0=n0, n=n,
                                                  seed=self.seed, sequential=sequential, radii=radii,
                                                  tolerance=tolerance, sequential_method=sequential_method),
-                              batch_size, index)
+                              _batch(batch, batch_size), index)
         return _gather(Certificate, rows, x, label="predict", radius="radius", p_lower="p_lower", count="count",
                        counts="counts", n="n", radius_factor="radius_factor", invalid="invalid", stop="stop")
 
-    def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch_size: int | str = "auto",
-                index: int = 0) -> Prediction:
+    @python_spelling
+    def predict(self, x, n: int = 100_000, alpha: float = 0.001, batch: int | str = "auto",
+                index: int = 0, batch_size=None) -> Prediction:
         """PREDICT x: the smoothed class, or ABSTAIN when the binomial test does not pass at alpha."""
         rows = self._evaluate(x, core.Statistics(mode="predict", sigma=self.sigma, alpha=alpha, n=n,
-                                                 seed=self.seed), batch_size, index)
+                                                 seed=self.seed), _batch(batch, batch_size), index)
         return _gather(Prediction, rows, x, label="predict", p_value="p_value", count="count", counts="counts",
                        n="n", invalid="invalid")
 
     # -- one pipeline, as the command line's -----------------------------------------------------------
-    def _evaluate(self, x, statistics: core.Statistics, batch_size, index: int) -> list[dict]:
+    def _evaluate(self, x, statistics: core.Statistics, batch, index: int) -> list[dict]:
         from .data import Item
         from .pipeline import evaluate
 
-        core.check(isinstance(index, (int, np.integer)) and index >= 0, "index must be 0 or more")
-        core.Runtime(batch=batch_size)  # checked like --batch
+        core.check(core._is_int(index), f"index must be a whole number, not {shown(index)}")
+        core.check(index >= 0, "index must be 0 or more")
+        index = int(index)
+        batch = core.Runtime(batch=batch).batch  # checked like --batch; numpy integers made plain
         images = self._images(x)
         run = core.Run(plan=self.plan_spec, statistics=statistics, runtime=self.runtime, **self.denoising)
         settings = core.settings_for(run, self.model)
         rows = []
         for offset, image in enumerate(images):
-            plan, counter = self._engine(image.shape, batch_size, run, settings)
+            plan, counter = self._engine(image.shape, batch, run, settings)
             row = evaluate(Item(index + offset, -1, image), plan, counter, settings)
             if row["error"] is not None:
                 raise UsageError(row["error"])
@@ -178,22 +221,23 @@ class Smooth:
                 unit = to_unit_chw(np.moveaxis(image, 0, -1))
             except PixelError as error:
                 raise UsageError(f"x: {error}") from None
-            images.append(conform(unit, channels, None))
+            images.append(conform(unit, channels, self.plan_spec.image_size))
         return images
 
-    def _engine(self, shape, batch_size, run: core.Run, settings):
-        key = (shape, batch_size, settings.n if batch_size == "auto" else None)
+    def _engine(self, shape, batch, run: core.Run, settings):
+        key = (shape, batch, settings.n if batch == "auto" else None)
         if key not in self._engines:
             from .graph import sampling_graph
 
             plan = core.image_plan(self.plan_spec, self.model, shape)
-            run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch_size))
+            run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch))
             graph = sampling_graph(self.models, plan, self.consensus,
                                    core.denoising_stage(run, settings.sigma, shape))
             counter = core.vote_counter(run, self.model, graph, plan, settings)
             self._engines[key] = plan, counter
         return self._engines[key]
 
+    @python_spelling
     def close(self) -> None:
         for _, counter in self._engines.values():
             counter.close()
@@ -204,6 +248,16 @@ class Smooth:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _batch(batch, batch_size):
+    """`batch`, or the value of the deprecated `batch_size` (Smooth's name before srtool.certify's won)."""
+    if batch_size is None:
+        return batch
+    warnings.warn("batch_size is deprecated: use batch= (as srtool.certify and --batch)", DeprecationWarning,
+                  stacklevel=4)
+    core.check(isinstance(batch, str) and batch == "auto", "give batch or batch_size (its old name), not both")
+    return batch_size
 
 
 def _gather(kind, rows: list[dict], x, **columns):
@@ -240,19 +294,48 @@ class Results:
             raise UsageError("to_pandas needs pandas: pip install 'srtool[pandas]'") from None
         return self.table.to_pandas()
 
+    @python_spelling
     def summary(self, radii=None) -> dict:
         """Accuracy over labelled inputs, abstention, ACR and certified accuracy at `radii`
         (default 0.5σ, σ, 1.5σ, 2σ), as srtool report computes them."""
         from .report import summarize
-        return summarize(self.table, self.config, radii, partial=self.partial)
+        return summarize(self.table, self.config, None if radii is None else _radii(radii), partial=self.partial)
 
-    def certified_accuracy(self, radius: float) -> float:
-        return self.summary([radius])["certified"][f"{radius:g}"]
+    @python_spelling
+    def certified_accuracy(self, radius):
+        """Certified accuracy at `radius` (a number), or at each of several (a list or array: an array)."""
+        radii = _radii(radius)
+        certified = self._certify_metric("certified accuracy", radii)["certified"]
+        values = np.array([certified[f"{r:g}"] for r in radii])
+        return float(values[0]) if np.ndim(radius) == 0 else values
 
+    @python_spelling
     def acr(self) -> float:
-        return self.summary([])["acr"]
+        """Average certified radius: mean(correct · radius) over the labelled inputs."""
+        return self._certify_metric("ACR", ())["acr"]
+
+    def _certify_metric(self, what: str, radii) -> dict:
+        """The summary, once it is sure to hold `what`: a predict run has no radii (refused), a run
+        without labels has no accuracy (NaN, with a warning that says so)."""
+        summary = self.summary(radii)
+        core.check(summary["mode"] == "certify", f"{what} needs a certify run; {self.path or 'this'} is a "
+                                                 f"{summary['mode']} run, which has no radii")
+        if not summary["labelled"]:
+            warnings.warn(f"{what} is NaN: none of the {summary['inputs']} evaluated inputs of "
+                          f"{self.path or 'this run'} has a label (summary()['mean_radius'] is their mean radius)",
+                          UserWarning, stacklevel=4)
+        return summary
 
 
+def _radii(radii) -> tuple[float, ...]:
+    """One radius or several, as floats ≥ 0 (a bad one is refused in one line)."""
+    values = np.atleast_1d(np.asarray(radii, dtype=object))
+    core.check(values.ndim == 1 and all(core._is_number(r) and r >= 0 for r in values),
+               f"radii must be numbers ≥ 0, not {shown(radii)}")
+    return tuple(float(r) for r in values)
+
+
+@python_spelling
 def read_results(path: str | Path) -> Results:
     """A finished run, or the rows so far of one still running or interrupted (`partial`)."""
     from . import results
@@ -262,9 +345,43 @@ def read_results(path: str | Path) -> Results:
     return Results(table, config, path, partial=_partial(path))
 
 
+@python_spelling
+def load_images(path: str | Path, image_size: int | None = None, *, model=None, channels: int | None = None,
+                labels: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The images of `path` as `srtool certify --images PATH` loads them: (x, y), x float32
+    N×C×H×W in [0,1], y the labels (-1: none). `image_size` resizes the shorter side and crops the
+    centre square, as --image-size does; the channels are the model's (or `channels`; grey is
+    copied to RGB, RGB turned grey by luma), as stored without either."""
+    from .data import load_images as load
+
+    if model is not None:
+        core.check(channels is None, "give model or channels, not both")
+        shape = core.image_model_shape(_load(model))
+        channels = shape[0] if shape else None
+    return load(path, image_size, channels, labels)
+
+
+# Keywords of srtool.certify/predict that are fields of core.Run itself, not of one of its sections.
+TOP_LEVEL = ("labels", "split", "consensus", "denoiser", "diffusion", "timestep")
+
+
 def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
     """A core.Run from the keyword arguments of certify / predict (the command line's options)."""
+    from .data import InMemoryImages
+
     core.check(images is None or videos is None, "give images or videos, not both")
+    if images is not None and not isinstance(images, (str, os.PathLike)):  # arrays: N×C×H×W, labels= beside them
+        core.check(kwargs.get("engine", "local") == "local",
+                   "images as an array run locally; for --engine ray save them (np.savez(path, x=x, y=y)) "
+                   "and pass the path")
+        try:
+            pixels = np.asarray(images)
+        except ValueError:  # a ragged list: images of several sizes
+            raise UsageError("images: a path, or one N×C×H×W array of images of one size (resize them first, "
+                             "e.g. with srtool.load_images(path, image_size=…))") from None
+        images = InMemoryImages(pixels, kwargs.get("labels"))
+        kwargs = {k: v for k, v in kwargs.items() if k != "labels"}
+    core.check(videos is None or isinstance(videos, (str, os.PathLike)), "videos must be a path (file or folder)")
     if isinstance(model, (list, tuple)):
         model = tuple(str(m) for m in model)
     elif model is not None:
@@ -276,29 +393,35 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
     top = {}
     for key, value in kwargs.items():
         section = next((s for s, cls in owners.items() if key in cls.__dataclass_fields__), None)
-        if key in ("labels", "split", "consensus", "denoiser", "diffusion", "timestep"):
+        if key in TOP_LEVEL:
             top[key] = value
         elif section is None or key == "mode":
-            raise UsageError(f"unknown argument {key!r}")
+            known = [k for cls in owners.values() for k in cls.__dataclass_fields__] + list(TOP_LEVEL)
+            close = difflib.get_close_matches(key, known + ["batch_size"], n=1)
+            hint = "" if not close else " (use batch)" if close[0] == "batch_size" else f" (did you mean {close[0]}?)"
+            raise UsageError(f"unknown argument {key!r}{hint}")
         else:
             sections[section][key] = value
-    return core.Run(kind=kind, model=model, data=None if (images or videos) is None
-                    else str(images if images is not None else videos), **top,
+    data = images if images is not None else videos
+    return core.Run(kind=kind, model=model, data=data if data is None or isinstance(data, InMemoryImages)
+                    else str(data), **top,
                     plan=owners["plan"](**sections["plan"]),
                     statistics=core.Statistics(mode=mode, **sections["statistics"]),
                     runtime=core.Runtime(**sections["runtime"]), output=core.Output(**sections["output"]))
 
 
+@python_spelling
 def certify(model=None, images=None, videos=None, progress: bool = False, **options) -> Results:
     """CERTIFY every input of a dataset, as `srtool certify` / `srtool video` does, into a resumable
     Parquet file (`out`, default under runs/). Options are the command line's, in Python spelling:
     sigma, alpha, n0, n, seed, patches, patch_size, resize, sampling, reduce, noise_space,
     image_size, denoiser, diffusion, timestep (images); subvideo, chunk, stride, short, split (videos);
-    batch, device, noise,
-    threads, engine, …; out, overwrite, skip, max; labels."""
+    batch, device, noise, threads, engine, …; out, overwrite, skip, max; labels. `images` is a path, or
+    an N×C×H×W (or N×H×W) array with its labels in `labels=`."""
     return _execute(_run("certify", model, images, videos, options), progress)
 
 
+@python_spelling
 def predict(model=None, images=None, videos=None, progress: bool = False, **options) -> Results:
     """PREDICT every input of a dataset (Cohen's smoothed prediction with abstention); as certify."""
     return _execute(_run("predict", model, images, videos, options), progress)
@@ -308,6 +431,8 @@ def _execute(run: core.Run, progress: bool) -> Results:
     from .progress import execute_with_progress
 
     job = core.start(run, quiet=not progress)
+    for said in job.warnings + getattr(job.writer, "warnings", []):
+        warnings.warn(said, UserWarning, stacklevel=4)
     execute_with_progress(job) if progress else job.execute()  # frees everything if it fails
     table = job.finish()
     return Results(table, job.config, job.writer.path)

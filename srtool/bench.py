@@ -90,8 +90,8 @@ def raw_model_steps(model, views: int, device: str, threads: int, pool: ThreadPo
 def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: int,
         seconds: float, sigma: float = 0.25, noise_mode: str = "host", rounds: int = 3, denoising=None) -> dict:
     """Bare model (and denoiser) and pipeline, measured in turns (`rounds` times, `seconds` each in
-    all) so that a shared machine's changing load hits both alike; rates and ratio are the medians
-    of the rounds."""
+    all) so that a shared machine's changing load hits both alike; rates are the medians of the
+    rounds, the ratio is theirs."""
     views_per_copy = plan.views_per_copy
     counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes, batch, device, threads,
                           device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
@@ -137,7 +137,9 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
         "raw_forward_per_s": float(np.median(raw)),
         "pipeline_copies_per_s": copies,
         "pipeline_forward_per_s": copies * views_per_copy,
-        "ratio": copies / bare_copies,  # of the medians printed
+        # The ratio of the printed medians, so the figures agree; under a changing load a median of
+        # per-round ratios could differ from it (0.99 printed beside 10 and 7 fwd/s).
+        "ratio": copies / bare_copies,
         "host_noise_copies_per_s": noise_only,
         "projected_s_per_input_n100k": (PAPER_N0 + PAPER_N) / copies,
         **extra,

@@ -284,12 +284,14 @@ def _execute(run: core.Run, quiet: bool) -> None:
     from .report import summarize
 
     job = core.start(run, quiet=quiet)
-    for warning in getattr(job.writer, "warnings", []):
+    for warning in job.warnings + getattr(job.writer, "warnings", []):
         click.echo(f"warning: {warning}", err=True)
     if not quiet:
         done = len(job.writer.done_indices)
         where = f"{done} done, " if done else ""
-        click.echo(f"srtool {job.settings.mode}: {Path(job.config['model']).name} on {job.config['device']}, "
+        command = ("video" + (" --predict" if job.settings.mode == "predict" else "") if run.kind == "videos"
+                   else job.settings.mode)
+        click.echo(f"srtool {command}: {Path(job.config['model']).name} on {job.config['device']}, "
                    f"σ={job.settings.sigma:g}, n={job.settings.n:,}, {where}{len(job.todo)} to go → {job.writer.path}",
                    err=True)
     try:
@@ -306,6 +308,7 @@ def _execute(run: core.Run, quiet: bool) -> None:
         if table.num_rows <= SHOW_AFTER_RUN:  # a handful of photos: say what each one got
             _show_table(job.writer.path)
         _print_summary([summary])
+        _print_notes([summary])
         click.echo(f"results: {job.writer.path}", err=True)
     if summary["rotated"]:
         click.echo(f"note: {summary['rotated']} images were turned upright as their EXIF orientation says "
@@ -330,17 +333,27 @@ def _errors_line(table) -> str:
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A table for people. Cells are text, never rich markup (a run named `RS [a]` keeps its `[a]`).
+    Where the terminal is narrow, the first column (run or input name) folds onto more lines; the
+    others (class names, numbers) are never cut."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
     for i, name in enumerate(header):
-        table.add_column(name, no_wrap=i == 0, justify="left" if i == 0 else "right")
+        widest = max([len(str(name))] + [len(str(row[i])) for row in rows])
+        folds = i == 0 or name == "error"  # names and messages fold onto more lines; the rest stays whole
+        table.add_column(escape(name), overflow="fold", no_wrap=not folds,
+                         min_width=min(widest, 12) if folds else widest, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(str(cell)) for cell in row))
     console = Console()
     if not console.is_terminal:  # piped or in CI: do not squeeze the table into 80 columns
         console = Console(width=160)
+    narrowest = sum(column.min_width + 2 for column in table.columns)
+    if narrowest > console.width:  # rich would drop whole columns: let the terminal wrap the lines instead
+        console = Console(width=narrowest)
     console.print(table)
 
 
@@ -348,6 +361,14 @@ def _print_summary(summaries: list[dict], radii=None) -> None:
     from .report import rows_for_display
 
     _print_table(*rows_for_display(summaries, radii))
+
+
+def _print_notes(summaries: list[dict], radii=None) -> None:
+    """What the table cannot say in a cell: radius columns past what n and α allow."""
+    from .report import cap_notes
+
+    for note in cap_notes(summaries, radii):
+        click.echo(note, err=True)
 
 
 def _radii(text: str | None):
@@ -384,12 +405,16 @@ def report(runs, radii, fmt, plot):
         click.echo(rep.markdown(*rep.rows_for_display(summaries, radii)))
     else:
         _print_summary(summaries, radii)
+    if fmt in ("table", "markdown"):
+        _print_notes(summaries, radii)
     for summary in summaries:
         if summary["errors"] and fmt == "table":
             click.echo(f"{summary['label']}: {summary['errors']} error rows (srtool show {summary['file']} --errors)",
                        err=True)
     if plot:
-        rep.plot([(table, config, s["label"]) for (table, config, _), s in zip(loaded, summaries)], plot)
+        said = rep.plot([(table, config, s["label"]) for (table, config, _), s in zip(loaded, summaries)], plot)
+        for line in said:
+            click.echo(f"plot: {line}", err=True)
         click.echo(f"plot: {plot}", err=True)
 
 
@@ -422,11 +447,15 @@ def show(run, fmt, errors_only):
 
 def _show_table(path, errors_only: bool = False, results=None) -> None:
     from .api import read_results
-    from .report import per_input
+    from .report import capped_note, per_input
 
-    header, rows = per_input(results or read_results(path), errors_only)
+    results = results or read_results(path)
+    header, rows = per_input(results, errors_only, for_people=True)
     _print_table(header, [["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
                           for row in rows])
+    note = capped_note(results)
+    if note:
+        click.echo(note, err=True)
 
 
 @cli.command()

@@ -9,13 +9,15 @@ The command line parses its options into a `Run` and prints; the Python API (srt
 one from keyword arguments; `--engine ray` ships the `Run` itself to its workers, which rebuild the
 same engine from it. Every check happens in the dataclasses' `__post_init__` (ranges, choices) or in
 `start` (what needs the model or the data), and raises a one-line UsageError before anything is
-written. Messages name the command-line option, since that is how most users meet them.
+written. Messages name the command-line option (`--image-size`); the Python API raises them in
+keyword spelling (`image_size=`), rewritten in one place (errors.in_python_spelling).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import UsageError
+from .errors import UsageError, shown
 
 ASSETS = resources.files("srtool") / "assets"
 DEFAULT_MODEL = "fmnist_cnn_sigma0.25.onnx"
@@ -71,7 +73,7 @@ def check(condition: bool, message: str) -> None:
 
 
 def _choice(value, choices, option: str) -> None:
-    check(value in choices, f"{option} must be one of {', '.join(map(str, choices))}")
+    check(isinstance(value, str) and value in choices, f"{option} must be one of {', '.join(map(str, choices))}")
 
 
 def _is_int(value) -> bool:
@@ -83,10 +85,40 @@ def _is_number(value) -> bool:
         and bool(np.isfinite(value))
 
 
+def _whole(value, option: str) -> None:
+    """1000.0 or "1000" is a mistake of type, not of size: say so rather than "must be at least 1"."""
+    check(_is_int(value), f"{option} must be a whole number, not {shown(value)}")
+
+
+def _number(value, option: str) -> None:
+    """"0.25" or None where a number is meant: say what is wrong with it, not what range it misses."""
+    check(_is_number(value), f"{option} must be a finite number, not {shown(value)}")
+
+
+def _flag(value, option: str) -> None:
+    """Python's truthiness would read "no" as yes: only True or False turn a mode on or off."""
+    check(isinstance(value, bool), f"{option} must be True or False, not {shown(value)}")
+
+
+def _path_or_none(value, option: str) -> None:
+    check(value is None or isinstance(value, (str, os.PathLike)), f"{option} must be a file path, not {shown(value)}")
+
+
 def _positive_or_none(value, option: str, most: int | None = None) -> None:
-    check(value is None or (_is_int(value) and value >= 1), f"{option} must be a positive integer")
+    if value is not None:
+        _whole(value, option)
+    check(value is None or value >= 1, f"{option} must be a positive integer")
     if most is not None:
         check(value is None or value <= most, f"{option} must be at most {most:,}")
+
+
+def _plain(description) -> None:
+    """Replace numpy scalars (np.int64(1000), np.float32(0.25)) in a frozen dataclass by Python's own,
+    so that every later step (noise stream arithmetic, JSON metadata, messages) sees plain numbers."""
+    for name in (f.name for f in dataclasses.fields(description)):
+        value = getattr(description, name)
+        if isinstance(value, np.generic):
+            object.__setattr__(description, name, value.item())
 
 
 # -- the description of a run ------------------------------------------------------------------------
@@ -104,7 +136,9 @@ class ImagePlan:
 
     def __post_init__(self):
         from .plan import NOISE_SPACES, REDUCERS, SAMPLINGS
-        check(_is_int(self.patches) and self.patches >= 1, "--patches must be at least 1")
+        _plain(self)
+        _whole(self.patches, "--patches")
+        check(self.patches >= 1, "--patches must be at least 1")
         check(self.patches <= MAX_PATCHES, f"--patches must be at most {MAX_PATCHES:,}")
         _positive_or_none(self.patch_size, "--patch-size", MAX_SIDE)
         _positive_or_none(self.resize, "--resize", MAX_SIDE)
@@ -134,6 +168,7 @@ class VideoPlan:
 
     def __post_init__(self):
         from .plan import REDUCERS
+        _plain(self)
         _positive_or_none(self.subvideo, "--subvideo", MAX_FRAMES)
         _positive_or_none(self.chunk, "--chunk", MAX_FRAMES)
         _positive_or_none(self.stride, "--stride")
@@ -158,22 +193,34 @@ class Statistics:
     sequential_method: str = "union"
 
     def __post_init__(self):
+        _plain(self)
         _choice(self.mode, MODES, "mode")
-        check(self.sigma is None or (_is_number(self.sigma) and self.sigma > 0), "--sigma must be positive")
-        check(_is_number(self.alpha) and 0 < self.alpha < 1, "--alpha must lie strictly between 0 and 1")
-        check(self.n is None or (_is_int(self.n) and self.n >= 1), "--n must be at least 1")
-        check(self.n0 is None or (_is_int(self.n0) and self.n0 >= 1), "--n0 must be at least 1")
+        if self.sigma is not None:
+            _number(self.sigma, "--sigma")
+        check(self.sigma is None or self.sigma > 0, "--sigma must be positive")
+        _number(self.alpha, "--alpha")
+        check(0 < self.alpha < 1, "--alpha must lie strictly between 0 and 1")
+        for option in ("n", "n0"):
+            if getattr(self, option) is not None:
+                _whole(getattr(self, option), f"--{option}")
+        check(self.n is None or self.n >= 1, "--n must be at least 1")
+        check(self.n0 is None or self.n0 >= 1, "--n0 must be at least 1")
         check(self.n is None or self.n <= MAX_COPIES, "--n must be at most 2^63-1")
         check(self.n0 is None or self.n0 <= MAX_COPIES, "--n0 must be at most 2^63-1")
-        check(_is_int(self.seed) and 0 <= self.seed < 2**63, "--seed must be an integer from 0 to 2^63-1")
+        _whole(self.seed, "--seed")
+        check(0 <= self.seed < 2**63, "--seed must be an integer from 0 to 2^63-1")
         from .sequential import METHODS
+        _flag(self.sequential, "--sequential")
         check(not self.sequential or self.mode == "certify", "--sequential applies to certify only")
         if self.radii is not None:
             check(self.sequential, "--radii applies to --sequential runs (srtool report takes its own --radii)")
-            radii = tuple(float(r) for r in np.atleast_1d(self.radii))
-            check(radii and all(_is_number(r) and r > 0 for r in radii), "--radii must be positive numbers")
+            given = np.atleast_1d(np.asarray(self.radii, dtype=object))
+            check(given.ndim == 1 and all(_is_number(r) for r in given), "--radii must be positive numbers")
+            radii = tuple(float(r) for r in given)
+            check(radii and all(r > 0 for r in radii), "--radii must be positive numbers")
             object.__setattr__(self, "radii", tuple(sorted(set(radii))))
-        check(_is_number(self.tolerance) and self.tolerance > 0, "--tolerance must be positive")
+        _number(self.tolerance, "--tolerance")
+        check(self.tolerance > 0, "--tolerance must be positive")
         _choice(self.sequential_method, METHODS, "--sequential-method")
 
 
@@ -194,18 +241,27 @@ class Runtime:
 
     def __post_init__(self):
         from .engine import DEVICES
-        check(self.batch == "auto" or (_is_int(self.batch) and self.batch >= 1),
+        _plain(self)
+        if not (isinstance(self.batch, str) and self.batch == "auto"):
+            check(_is_int(self.batch), f"--batch must be a positive integer or 'auto', not {shown(self.batch)}")
+        check(self.batch == "auto" or self.batch >= 1,
               "--batch must be a positive integer or 'auto'")
         _choice(self.device, DEVICES, "--device")
         _choice(self.noise, ("host", "device"), "--noise")
-        check(_is_int(self.threads) and self.threads >= 0, "--threads must be 0 (automatic) or more")
+        _whole(self.threads, "--threads")
+        check(self.threads >= 0, "--threads must be 0 (automatic) or more")
         check(self.threads <= MAX_THREADS, f"--threads must be at most {MAX_THREADS:,} (0: one per core)")
         _choice(self.engine, ("local", "ray"), "--engine")
         if self.engine != "ray":
             given = [f"--{name.replace('_', '-')}" for name in ("address", "workers", "gpus_per_worker",
                                                                  "cpus_per_worker") if getattr(self, name) is not None]
             check(not given, f"{', '.join(given)}: for --engine ray only")
-        check(self.workers is None or (_is_int(self.workers) and self.workers >= 1), "--workers must be at least 1")
+        if self.workers is not None:
+            _whole(self.workers, "--workers")
+        check(self.workers is None or self.workers >= 1, "--workers must be at least 1")
+        for option in ("cpus_per_worker", "gpus_per_worker"):
+            if getattr(self, option) is not None:
+                _number(getattr(self, option), f"--{option.replace('_', '-')}")
         check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "--cpus-per-worker must be positive")
         check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "--gpus-per-worker must be 0 or more")
 
@@ -219,8 +275,14 @@ class Output:
     max: int | None = None  # stop before this input index
 
     def __post_init__(self):
-        check(_is_int(self.skip) and self.skip >= 1, "--skip must be at least 1")
-        check(self.max is None or (_is_int(self.max) and self.max >= 0), "--max must be 0 or more")
+        _plain(self)
+        _path_or_none(self.out, "--out")
+        _flag(self.overwrite, "--overwrite")
+        _whole(self.skip, "--skip")
+        check(self.skip >= 1, "--skip must be at least 1")
+        if self.max is not None:
+            _whole(self.max, "--max")
+        check(self.max is None or self.max >= 0, "--max must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -243,6 +305,7 @@ class Run:
     output: Output = field(default_factory=Output)
 
     def __post_init__(self):
+        _plain(self)
         _choice(self.kind, KINDS, "kind")
         if self.model is not None and not isinstance(self.model, (str, Path)):
             models = tuple(str(m) for m in self.model)
@@ -251,14 +314,16 @@ class Run:
         elif self.model is not None:
             object.__setattr__(self, "model", str(self.model))
         if self.consensus is not None:
-            check(_is_int(self.consensus) and 2 <= self.consensus < len(self.models),
+            _whole(self.consensus, "--consensus")
+            check(2 <= self.consensus < len(self.models),
                   "--consensus K needs an ensemble of more than K models and K ≥ 2")
         if self.plan is None:
             object.__setattr__(self, "plan", ImagePlan() if self.kind == "images" else VideoPlan())
         expected = ImagePlan if self.kind == "images" else VideoPlan
         check(isinstance(self.plan, expected), f"a {self.kind} run takes a {expected.__name__}")
         check(self.kind == "videos" or self.split is None, "--split applies to videos")
-        for name in ("denoiser", "diffusion"):
+        for name in ("labels", "split", "denoiser", "diffusion"):  # file paths, kept as text: they go into
+            _path_or_none(getattr(self, name), f"--{name}")              # the results' JSON metadata
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         check(self.denoiser is None or self.diffusion is None, "give --denoiser or --diffusion, not both")
@@ -306,6 +371,7 @@ class Job:
     todo: list[int]
     config: dict
     executor: Callable = None  # pipeline.run's signature: local, or the Ray engine's loop
+    warnings: list = field(default_factory=list)  # said before the run: the CLI prints them, the API warns
 
     def execute(self, on_row: Callable[[dict], None] = lambda row: None) -> None:
         """Evaluate every input still to do, writing each row as it is done. Whatever stops it (Ctrl-C,
@@ -382,6 +448,21 @@ def settings_for(run: Run, model):
     return Settings(mode=s.mode, sigma=float(sigma), alpha=float(s.alpha), n0=n0, n=n, seed=int(s.seed),
                     sequential=s.sequential, radii=s.radii, tolerance=float(s.tolerance),
                     sequential_method=s.sequential_method)
+
+
+def sigma_warnings(sigma: float, trained_sigma: float | None) -> list[str]:
+    """What to say about a σ that is allowed but probably a mistake: σ is in [0,1] pixel units, so
+    σ > 1 drowns any image (a σ meant for 0–255 pixels, say); a σ other than the model's own
+    srtool.sigma certifies soundly but with a model that was not trained for that noise."""
+    said = []
+    if sigma > 1:
+        said.append(f"σ = {sigma:g} is larger than the whole [0,1] pixel range (σ is in [0,1] pixel units, "
+                    "not 0–255): the noise drowns the image, and radii can exceed the distance between any "
+                    "two images")
+    if trained_sigma is not None and not np.isclose(sigma, trained_sigma):
+        said.append(f"σ = {sigma:g} differs from the σ = {trained_sigma:g} the model was trained with "
+                    "(its srtool.sigma): the certificates hold, but expect more abstentions and smaller radii")
+    return said
 
 
 def image_model_shape(model) -> tuple[int, int, int] | None:
@@ -471,7 +552,8 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
         "noise": run.runtime.noise, **plan.describe(), **extra,
         "model": str(model.path), "model_sha256": model.sha256, "num_classes": counter.num_classes,
         "classes": model.classes or dataset.class_names,
-        "dataset": str(Path(dataset.source).resolve()), "labels": run.labels,
+        "dataset": dataset.source if dataset.in_memory else str(Path(dataset.source).resolve()),
+        "labels": run.labels,
         "version": __version__, "device": counter.device, "batch": counter.batch, "threads": run.runtime.threads,
         "skip": run.output.skip, "max": run.output.max,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -484,6 +566,8 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
                                 "tolerance": settings.tolerance, "method": settings.sequential_method}
     if worker:  # a Ray worker rebuilding the driver's engine: only the driver writes
         return Job(run, dataset, plan, counter, settings, None, [], config)
+    # behind a denoiser the classifier sees denoised copies: its training σ says nothing of σ then
+    said = sigma_warnings(settings.sigma, None if run.denoising_model else model.trained_sigma)
     out = Path(run.output.out) if run.output.out else default_out(run, models, settings, method, plan.input_shape)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -494,11 +578,16 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
     stop = len(dataset) if run.output.max is None else min(len(dataset), run.output.max)
     done = writer.done_indices
     todo = [i for i in range(0, stop, run.output.skip) if i not in done]
-    return Job(run, dataset, plan, counter, settings, writer, todo, config)
+    return Job(run, dataset, plan, counter, settings, writer, todo, config, warnings=said)
+
+
+# The results' metadata says it where an RGB model certifies grey images (docs/python.md).
+GREY_TO_RGB = ("copied to 3 channels before the noise: radii hold for the 3-channel image; a change of the "
+               "grey image alone is certified up to radius/√3")
 
 
 def _prepare_images(run: Run, worker: bool) -> Job:
-    from .data import align_labels, open_images
+    from .data import align_labels, open_images, stored_channels
     from .graph import sampling_graph
 
     models = load_run_models(run)
@@ -524,6 +613,8 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     denoising = denoising_stage(run, settings.sigma, first.image.shape)
     graph = sampling_graph(models, plan, run.consensus, denoising)
     extra = {"image_size": spec.image_size}
+    if dataset.channels == 3 and stored_channels(dataset, first.index) == 1:  # only then: older runs resume
+        extra["grey_inputs"] = GREY_TO_RGB
     method = spec.tag()
     if denoising is not None:  # only then, so that the runs made before denoisers still resume
         extra["denoiser"] = denoising.describe()

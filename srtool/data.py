@@ -6,7 +6,12 @@
 - a single image file;
 - CIFAR-10 batches, python (`data_batch_1`, `test_batch`) or binary (`*.bin`) format;
 - MNIST / Fashion-MNIST IDX files, gzipped or not (the labels file beside it is found by name);
-- `.npz` with `x` (N×C×H×W or N×H×W×C or N×H×W; uint8 0–255 or float in [0,1]) and optional `y`.
+- `.npz` with `x` (N×C×H×W or N×H×W×C or N×H×W; uint8 0–255 or float in [0,1]) and optional `y`;
+- from Python, the same arrays in memory (`InMemoryImages`, what `srtool.certify(images=x, labels=y)`
+  passes), checked as an `.npz` is and named in the results by their shape and SHA-256.
+
+`load_images` gives Python callers the command line's loading (channels as the model wants,
+resize-on-load) as one N×C×H×W array.
 
 Folder images are read lazily, so one unreadable file becomes one error row, not a failed run.
 Hostile or careless inputs (DESIGN §10):
@@ -33,7 +38,7 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, shown
 
 # A file OpenCV cannot decode becomes an error row that says so; its own WARN lines on stderr would
 # only break into the progress bar.
@@ -75,6 +80,7 @@ class Dataset:
         self.class_names = class_names
         self.channels: int | None = None  # set by the caller: what the model wants
         self.size: int | None = None  # set by the caller: resize-on-load edge, or None
+        self.in_memory = False  # arrays from Python: `source` names them, it is no path
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -414,6 +420,41 @@ def _npz(path: Path) -> Dataset:
         raise UsageError(f"{path}: an .npz dataset needs an array named 'x'") from None
     except Exception as error:
         raise UsageError(f"{path}: cannot read as .npz ({_first_line(error)})") from None
+    return _arrays(x, y, path)
+
+
+@dataclass(eq=False)
+class InMemoryImages:
+    """Images handed over from Python: x as an .npz holds it, y one label per image (None: unlabelled)."""
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        """The images in the results' metadata: shape, type and content, so a resume sees the same ones."""
+        import hashlib
+
+        x = np.ascontiguousarray(self.x)
+        digest = hashlib.sha256(x.tobytes()).hexdigest()[:16]
+        return f"array {'×'.join(map(str, x.shape))} {x.dtype} sha256:{digest}"
+
+
+def _in_memory(images: InMemoryImages) -> Dataset:
+    x = np.asarray(images.x)
+    if x.dtype == object or x.dtype.kind not in "biuf":
+        raise UsageError(f"images: an array of pixels (uint8 0–255 or float in [0,1]), not {x.dtype}")
+    try:
+        y = [-1] * len(x) if images.y is None else _whole_labels(np.asarray(images.y))
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"labels: {_first_line(error)}") from None
+    dataset = _arrays(x, y, "images", images.name)
+    dataset.in_memory = True
+    return dataset
+
+
+def _arrays(x: np.ndarray, y: list, path, source: str | None = None) -> Dataset:
+    """A dataset of an .npz's (or Python's) arrays, once their shapes and pixel range are checked;
+    `path` names them in messages, `source` (default: the path) in the results."""
     if x.ndim not in (3, 4):
         raise UsageError(f"{path}: x must be N×C×H×W, N×H×W×C or N×H×W, got shape {x.shape}")
     if np.ndim(y) != 1:
@@ -421,11 +462,13 @@ def _npz(path: Path) -> Dataset:
     if len(y) != len(x):
         raise UsageError(f"{path}: {len(y)} labels for {len(x)} images")
     _check_pixel_range(x, path)
-    return Dataset(str(path), y, lambda i: x[i])
+    return Dataset(source or str(path), y, lambda i: x[i])
 
 
 def _whole_labels(y: np.ndarray) -> list:
     """y as int labels; float labels only where they are whole numbers (NaN is not label -2^63)."""
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"y holds {y.dtype} values, not integer labels")
     if y.dtype.kind == "f" and not np.all((y == np.round(y)) & (np.abs(y) < 2**62)):
         raise ValueError("y holds labels that are not whole numbers")
     return y.astype(int).tolist()
@@ -489,7 +532,9 @@ def align_labels(dataset: Dataset, classes: list[str] | None) -> None:
     dataset.class_names = list(classes)
 
 
-def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Dataset:
+def open_images(path: str | Path | InMemoryImages, labels_csv: str | Path | None = None) -> Dataset:
+    if isinstance(path, InMemoryImages):
+        return _in_memory(path)
     path = Path(path)
     if not path.exists():
         raise UsageError(f"images not found: {path}")
@@ -518,3 +563,36 @@ def open_images(path: str | Path, labels_csv: str | Path | None = None) -> Datas
     if len(dataset) == 0:
         raise UsageError(f"{path}: no images found")
     return dataset
+
+
+def stored_channels(dataset: Dataset, index: int) -> int:
+    """The channels input `index` has as stored, before conform gives the model its own count."""
+    raw = dataset._read(index)
+    image = raw.image if isinstance(raw, Decoded) else raw
+    return 1 if np.ndim(image) == 2 else to_unit_chw(np.asarray(image)).shape[0]
+
+
+def load_images(path: str | Path, image_size: int | None = None, channels: int | None = None,
+                labels: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of `path` (any layout open_images reads) as the command line loads it: float32
+    N×C×H×W in [0,1] with `channels` (1: grey by luma, 3: grey copied to RGB; None: as stored) and,
+    with `image_size`, the shorter side resized to it and the centre cropped square. Also the labels
+    (-1: unlabelled). An image that cannot be read, or sizes that differ, stop it with one line."""
+    whole = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+    if image_size is not None and not (whole and 0 < image_size <= 16_384):
+        raise UsageError(f"--image-size must be a positive whole number, not {shown(image_size)}")
+    if not (channels is None or (isinstance(channels, (int, np.integer)) and channels in (1, 3))):
+        raise UsageError(f"channels must be 1, 3 or None, not {shown(channels)}")
+    dataset = open_images(path, labels)
+    dataset.channels, dataset.size = channels, None if image_size is None else int(image_size)
+    images = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if item.image is None:
+            raise UsageError(f"{item.path or f'{path} input {index}'}: {item.error}")
+        if images and item.image.shape != images[0].shape:
+            raise UsageError(f"{path}: images differ in shape ({'×'.join(map(str, images[0].shape))} and "
+                             f"{'×'.join(map(str, item.image.shape))} at {item.path or index}); pass --image-size "
+                             "to resize them on load, or --channels")
+        images.append(item.image)
+    return np.stack(images), np.asarray(dataset.labels, dtype=np.int64)

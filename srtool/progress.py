@@ -8,6 +8,9 @@ def execute_with_progress(job) -> None:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    if not job.todo:  # a finished run run again: no bar stuck at 0/0
+        job.execute()
+        return
     mode = job.settings.mode
     tally = {"done": 0, "labelled": 0, "correct": 0, "radius": 0.0}
 

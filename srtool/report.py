@@ -6,6 +6,13 @@ abstention rate is mean(predict = -1) over every evaluated input. Unlabelled inp
 no accuracy: they are counted apart, and a run without labels shows predictions and radii only.
 Inputs that could not be evaluated (an `error` row) are counted apart and left out of every mean.
 Default radii scale with σ (0.5σ, σ, 1.5σ, 2σ), so a summary at σ = 0.05 is not all zeros.
+
+No radius above σ·factor·Φ⁻¹(α^(1/n)) can be certified with n copies at level α (every vote for
+the class still leaves p_lower = α^(1/n)); `max_radius` is that bound, and the table notes the
+radius columns it caps, whose zeros say nothing about the model.
+
+Runs are named by method, σ, and what else sets them apart (predict, sequential, an ensemble);
+runs that still share a name get their file's stem (or, where stems agree, more of its path).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from scipy.stats import norm
 
 from .errors import UsageError
 from .results import read_results
@@ -48,7 +56,18 @@ def run_label(config: dict) -> str:
     stage = config.get("denoiser")  # classifier ∘ denoiser (docs/denoised.md)
     if stage:
         ensemble += f" + DDS t={stage['timestep']}" if stage["kind"] == "diffusion" else " + denoiser"
-    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}"
+    mode = " predict" if config.get("command") == "predict" else " sequential" if config.get("sequential") else ""
+    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}{mode}"
+
+
+def max_radius(config: dict, factor: float | None = None) -> float | None:
+    """The largest radius a certify run's n and α allow: σ·factor·Φ⁻¹(α^(1/n)) (all n votes for the
+    class); for a sequential run, at its budget. None for predict runs."""
+    if config.get("command", "certify") != "certify" or not config.get("n") or not config.get("sigma"):
+        return None
+    alpha, n = config.get("alpha", 0.001), config["n"]
+    factor = factor if factor is not None else (config.get("radius_factor") or 1.0)
+    return float(config["sigma"] * factor * norm.ppf(alpha ** (1.0 / n)))
 
 
 def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) -> dict:
@@ -70,6 +89,7 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         "mode": config.get("command", "certify"),
         "method": method_name(config),
         "sigma": config.get("sigma"),
+        "alpha": config.get("alpha"),
         "patches": config.get("patches"),
         "noise_space": config.get("noise_space"),
         "n": config.get("n"),
@@ -92,6 +112,7 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         summary["copies_per_input"] = float(copies.mean())
         summary["saving"] = (n0 + config["sequential"]["budget"]) / float(copies.mean())
     if summary["mode"] == "certify":
+        summary["max_radius"] = max_radius(config, max(factors) if factors else None)
         summary["acr"] = mean(correct * radius)
         summary["certified"] = {f"{r:g}": mean(correct & (radius >= r)) for r in radii}
         if count and not scored:  # no labels: what the radii are, not an accuracy
@@ -138,10 +159,23 @@ def summaries(loaded: list[tuple[pa.Table, dict, str]], radii=None) -> list[dict
     if radii is None:
         radii = default_radii(loaded[0][1])
     labels = [run_label(config) for _, config, _ in loaded]
-    labels = [f"{label} [{Path(path).stem}]" if labels.count(label) > 1 else label
-              for label, (_, _, path) in zip(labels, loaded)]
+    labels = [f"{label} [{tag}]" if labels.count(label) > 1 else label
+              for label, tag in zip(labels, _distinct_tags([path for _, _, path in loaded]))]
     return [summarize(table, config, radii, partial=_partial(path)) | {"label": label, "file": path}
             for (table, config, path), label in zip(loaded, labels)]
+
+
+def _distinct_tags(paths: list[str]) -> list[str]:
+    """For each path the shortest tail (stem, then parent/stem, …) that no other path shares."""
+    parts = [Path(path).with_suffix("").parts or (str(path),) for path in paths]
+    tags = []
+    for own in parts:
+        for length in range(1, len(own) + 1):
+            tag = "/".join(own[-length:])
+            if sum("/".join(other[-length:]) == tag for other in parts) == 1:
+                break
+        tags.append(tag)
+    return tags
 
 
 def _partial(path) -> bool:
@@ -187,15 +221,39 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
                "-" if "acr" not in s else f"{s['acr']:.3f}",
                "-" if factor is None else f"{factor:.4g}",
                _count(s.get("forward_per_input")) + (f" ({s['saving']:.1f}× less)" if "saving" in s else "")]
-        row += [_pct(certified[f"{r:g}"]) if f"{r:g}" in certified else "-" for r in radii]
+        cap = s.get("max_radius")
+        row += [_pct(certified[f"{r:g}"]) + ("*" if cap is not None and r > cap else "") if f"{r:g}" in certified
+                else "-" for r in radii]
         rows.append(row)
     return header, rows
 
 
-def per_input(results, errors_only: bool = False) -> tuple[list[str], list[list]]:
-    """`srtool show`: one row per input with class names where the model declares them."""
+def cap_notes(summaries: list[dict], radii=None) -> list[str]:
+    """One line per run whose radius columns lie past the largest radius its n and α allow (the
+    cells marked * in rows_for_display)."""
+    radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
+    notes = []
+    for s in summaries:
+        cap = s.get("max_radius")
+        if cap is None or not any(r > cap for r in radii):
+            continue
+        over = [f"@{r:g}" for r in radii if r > cap]
+        sigma = f" = {cap / s['sigma']:.2f}σ" if s.get("sigma") else ""
+        notes.append(f"* {s.get('label') or s['run']}: n = {s['n']:,} and α = {s.get('alpha', 0.001):g} certify no "
+                     f"radius above {cap:.3g}{sigma} (σ·Φ⁻¹(α^(1/n))); {', '.join(over)} "
+                     f"{'is' if len(over) == 1 else 'are'} 0 by construction, whatever the model "
+                     "(a larger n reaches further)")
+    return notes
+
+
+def per_input(results, errors_only: bool = False, for_people: bool = False) -> tuple[list[str], list[list]]:
+    """`srtool show`: one row per input with class names where the model declares them. `for_people`
+    (the table): an input under the run's dataset folder is named from there, not by a long absolute
+    path (into site-packages for the shipped demo), and a radius that every one of the n votes went
+    to is marked `*`: it is the largest n and α allow (see capped_note), not the model's limit."""
     config = results.config
     names = config.get("classes") or []
+    root = Path(config.get("dataset") or "")
 
     def name(index: int) -> str:
         if index < 0:
@@ -210,17 +268,52 @@ def per_input(results, errors_only: bool = False) -> tuple[list[str], list[list]
         if errors_only and row["error"] is None:
             continue
         where = row.get("path") or str(row["index"])
+        if for_people and row.get("path") and Path(where).is_absolute() and root.is_absolute():
+            where = _under(Path(where), root)
         label = name(row["label"]) if row["label"] >= 0 else "-"
         predicted = name(row["predict"]) if row["error"] is None else "-"
         numbers = [row.get("p_value")] if config.get("command") == "predict" else [row["radius"], row["p_lower"]]
+        if for_people and _capped(row, config):
+            numbers[0] = f"{row['radius']:.4g}*"
         rows.append([where, label, predicted, *numbers, row["error"]])
     return header, rows
 
 
+def _capped(row: dict, config: dict) -> bool:
+    """A fixed-n CERTIFY row whose n votes all went to its class: its radius is max_radius."""
+    return (config.get("command", "certify") == "certify" and not config.get("sequential") and row["error"] is None
+            and row["n"] > 0 and row["count"] == row["n"] and (row["radius"] or 0) > 0)
+
+
+def capped_note(results) -> str | None:
+    """What the `*` of per_input's table means, where some row has one."""
+    config = results.config
+    capped = [row for row in results.table.to_pylist() if _capped(row, config)]
+    if not capped:
+        return None
+    cap = max_radius(config, 1.0)
+    factor = ", times the radius factor" if any(row["radius_factor"] != 1 for row in capped) else ""
+    return (f"* {len(capped)} of {len(results)} inputs got every one of the n = {config['n']:,} votes: their radius "
+            f"is the largest n and α = {config.get('alpha', 0.001):g} allow (σ·Φ⁻¹(α^(1/n)) = "
+            f"{cap / config['sigma']:.2f}σ{factor}), not a limit of the model; a larger n certifies further")
+
+
+def _under(path: Path, root: Path) -> str:
+    """`path` relative to the dataset `root` (a folder), its name where `root` is the file itself."""
+    if path == root:
+        return path.name
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table; a `|` in a cell (a run's file name, say) is escaped so it stays one cell."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in rows])
 
 
 def cohen_tsv(table: pa.Table) -> str:
@@ -233,8 +326,11 @@ def cohen_tsv(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def plot(runs, out: str | Path) -> None:
-    """Certified accuracy against radius, one curve per certify run (the paper's figures)."""
+def plot(runs, out: str | Path) -> list[str]:
+    """Certified accuracy against radius, one curve per certify run (the paper's figures). A run
+    without labels has no accuracy: its curve is the share of its inputs certified at each radius,
+    drawn dotted and named so. Returns what the caller should say about the runs drawn that way or
+    left out (predict runs, runs with no evaluated input)."""
     if Path(out).is_dir() or not Path(out).suffix:  # matplotlib would write OUT.png, or ..png for "."
         raise UsageError(f"--plot {out}: give the plot's file name with its type, e.g. curves.png")
     try:
@@ -243,26 +339,37 @@ def plot(runs, out: str | Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'srtool[plot]'") from None
-    figure, axes = plt.subplots(figsize=(9.6, 4.8), dpi=120)
-    drawn = 0
+    curves, said = [], []
     for table, config, label in runs:
         if config.get("command", "certify") != "certify":
+            said.append(f"{label}: a predict run has no radii; not plotted")
             continue
-        ok = np.array([e is None and label >= 0 for e, label in
-                       zip(table.column("error").to_pylist(), table.column("label").to_pylist())], dtype=bool)
-        correct = np.array(table.column("correct").to_pylist(), dtype=bool)[ok]
-        radius = np.array([r or 0.0 for r in table.column("radius").to_pylist()], dtype=float)[ok]
-        if not len(radius):
+        evaluated = np.array([e is None for e in table.column("error").to_pylist()], dtype=bool)
+        labelled = np.array(table.column("label").to_pylist(), dtype=np.int64) >= 0
+        radius = np.array([r or 0.0 for r in table.column("radius").to_pylist()], dtype=float)
+        if (evaluated & labelled).any():  # accuracy over the labelled inputs, as srtool report's
+            ok = evaluated & labelled
+            hit, dotted = np.array(table.column("correct").to_pylist(), dtype=bool)[ok], False
+        elif evaluated.any():  # no labels: which inputs are certified at all (abstentions are not)
+            ok = evaluated
+            hit, dotted = np.array(table.column("predict").to_pylist(), dtype=np.int64)[ok] >= 0, True
+            said.append(f"{label}: no labels, so its curve is the share of inputs certified at each radius "
+                        "(dotted), not an accuracy")
+            label = f"{label} (unlabelled: share certified)"
+        else:
+            said.append(f"{label}: no evaluated inputs; not plotted")
             continue
+        curves.append((radius[ok], hit, label, ":" if dotted else "--" if config.get("not_certificate") else "-"))
+    if not curves:
+        raise UsageError("--plot needs at least one certify run with evaluated inputs")
+    figure, axes = plt.subplots(figsize=(9.6, 4.8), dpi=120)
+    for radius, hit, label, style in curves:
         grid = np.linspace(0, max(radius.max(), 1e-6) * 1.05, 400)
-        curve = [(correct & (radius >= r)).mean() for r in grid]
         # Radii a writer marked as not certificates (benchmarks/quality.py) are drawn dashed.
-        axes.plot(grid, curve, label=label, linestyle="--" if config.get("not_certificate") else "-")
-        drawn += 1
-    if not drawn:
-        raise UsageError("--plot needs at least one certify run")
+        axes.plot(grid, [(hit & (radius >= r)).mean() for r in grid], label=label, linestyle=style)
     axes.set_xlabel("radius (ℓ2, input pixel space [0,1])")
-    axes.set_ylabel("certified accuracy")
+    axes.set_ylabel("certified accuracy" if all(style != ":" for *_, style in curves)
+                    else "certified accuracy (dotted: share certified)")
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
@@ -272,6 +379,7 @@ def plot(runs, out: str | Path) -> None:
         raise UsageError(f"--plot {out}: {str(error).splitlines()[0]}") from None
     finally:
         plt.close(figure)
+    return said
 
 
 def to_json(summaries: list[dict]) -> str:

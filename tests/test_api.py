@@ -35,7 +35,7 @@ def test_smooth_certify_equals_the_cli_row_for_row(tmp_path, linear, capsys):
     rows = read(out)[0].to_pylist()
     x = np.load(data)["x"]  # uint8 N×28×28 as the CLI read it
     with srtool.Smooth(model, sigma=0.25, seed=3) as smooth:
-        batch = smooth.certify(x[:, None], n0=20, n=300, alpha=0.01, batch_size=64)
+        batch = smooth.certify(x[:, None], n0=20, n=300, alpha=0.01, batch=64)
         one = smooth.certify(x[2][None], n0=20, n=300, alpha=0.01, index=2)
     # ART's habit for a batch: arrays, unpacking to (predictions, radii)
     labels, radii = batch
@@ -76,22 +76,26 @@ def test_model_from_path_bytes_and_proto_is_the_same_classifier(linear):
         srtool.Smooth(b"not onnx", sigma=0.25)
 
 
-@pytest.mark.parametrize("python, flags, message", [
-    ({"sigma": -1.0}, ["--sigma", "-1"], "--sigma must be positive"),
-    ({"alpha": 1.5}, ["--alpha", "1.5"], "--alpha must lie strictly between 0 and 1"),
-    ({"seed": -5}, ["--seed", "-5"], "--seed must be an integer from 0 to 2^63-1"),
-    ({"max": -1}, ["--max", "-1"], "--max must be 0 or more"),
-    ({"patches": 0}, ["--patches", "0"], "--patches must be at least 1"),
-    ({"batch": 0}, ["--batch", "0"], "--batch must be a positive integer or 'auto'"),
-    ({"n": 0}, ["--n", "0"], "--n must be at least 1"),
+@pytest.mark.parametrize("python, flags, message, spelled", [
+    ({"sigma": -1.0}, ["--sigma", "-1"], "--sigma must be positive", "sigma must be positive"),
+    ({"alpha": 1.5}, ["--alpha", "1.5"], "--alpha must lie strictly between 0 and 1",
+     "alpha must lie strictly between 0 and 1"),
+    ({"seed": -5}, ["--seed", "-5"], "--seed must be an integer from 0 to 2^63-1",
+     "seed must be an integer from 0 to 2^63-1"),
+    ({"max": -1}, ["--max", "-1"], "--max must be 0 or more", "max must be 0 or more"),
+    ({"patches": 0}, ["--patches", "0"], "--patches must be at least 1", "patches must be at least 1"),
+    ({"batch": 0}, ["--batch", "0"], "--batch must be a positive integer or 'auto'",
+     "batch must be a positive integer or 'auto'"),
+    ({"n": 0}, ["--n", "0"], "--n must be at least 1", "n must be at least 1"),
 ])
-def test_bad_arguments_give_the_cli_message(tmp_path, linear, capsys, python, flags, message):
+def test_bad_arguments_give_the_cli_message_in_keyword_spelling(tmp_path, linear, capsys, python, flags, message,
+                                                                 spelled):
     model, data = linear
     out = tmp_path / "r.parquet"
     with pytest.raises(UsageError) as raised:
         srtool.certify(model, images=data, out=out, **python)
     code, _, err = cli("certify", "--model", model, "--images", data, "--out", out, *flags, capsys=capsys)
-    assert str(raised.value) == message and code == 2 and err.strip() == f"error: {message}"
+    assert str(raised.value) == spelled and code == 2 and err.strip() == f"error: {message}"
     assert not out.exists() and not Path(f"{out}.parts").exists()
 
 

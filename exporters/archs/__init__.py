@@ -8,6 +8,7 @@ an architecture means adding one entry here; the export pipeline itself does not
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -24,6 +25,13 @@ ACTIVITYNET_MEAN_255 = (114.7748, 107.7354, 99.4750)
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
+
+
+def imagenet_classes() -> list[str]:
+    """ILSVRC-2012's 1000 class names in label order (exporters/classes/imagenet.txt). Cohen et al.'s
+    ImageNet models number classes as an ImageFolder of the synset folders does: this order.
+    (ImageNet-32's own label order is not assumed to match, so imagenet32_resnet110 names none.)"""
+    return (Path(__file__).resolve().parents[1] / "classes" / "imagenet.txt").read_text().splitlines()
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ SMOOTHING_ARCHS = {
     "cifar_resnet110": Arch("cifar_resnet110", lambda n: CifarResNet(110, n), "1.", (3, 32, 32),
                             CIFAR10_MEAN, CIFAR10_STD, 10, tuple(CIFAR10_CLASSES)),
     "resnet50": Arch("resnet50", ImageNetResNet50, "1.module.", (3, 224, 224),
-                     IMAGENET_MEAN, IMAGENET_STD, 1000),
+                     IMAGENET_MEAN, IMAGENET_STD, 1000, tuple(imagenet_classes())),
     # Salman et al.'s ImageNet-32 pretraining network: the CIFAR ResNet-110 with 1000 outputs.
     # Their get_normalize_layer("imagenet32") uses the *CIFAR-10* mean and std, reproduced here.
     "imagenet32_resnet110": Arch("imagenet32_resnet110", lambda n: CifarResNet(110, n), "1.",
