@@ -452,8 +452,7 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
         return Job(run, dataset, plan, counter, settings, None, [], config)
     out = Path(run.output.out) if run.output.out else default_out(run, models, settings, method, plan.input_shape)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        writer = ResultsWriter(out, config, overwrite=run.output.overwrite)
+        writer = ResultsWriter(out, config, overwrite=run.output.overwrite)  # makes out's folder
     except BaseException:
         counter.close()
         raise

@@ -254,3 +254,49 @@ def test_classes_checked_against_the_width_found_by_running_the_model(scene, cap
     model = linear_model(metadata={"srtool.classes": json.dumps(["a", "b"])})
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
     refused(scene, model, capsys, "metadata srtool.classes names 2 classes, but the model outputs 3")
+
+
+# -- 4. a refused command writes nothing ---------------------------------------------------------------
+
+def wider_on_noise_model() -> onnx.ModelProto:
+    """Declares (and on zeros returns) 3 logits; on any input with a pixel above 0.01 a fourth, winning
+    one: the probe passes and the first noisy copy votes for class 3 of 3."""
+    def branch(name: str, extra: list[float]) -> onnx.GraphProto:
+        weights = np.concatenate([WEIGHTS, np.full((16, len(extra)), 1.0, np.float32)], axis=1) if extra else WEIGHTS
+        return helper.make_graph([helper.make_node("MatMul", ["flat", f"{name}_W"], [f"{name}_out"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)],
+                                 [numpy_helper.from_array(weights, f"{name}_W")])
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("ReduceMax", ["flat"], ["top"], keepdims=0),
+             helper.make_node("Greater", ["top", "small"], ["noisy"]),
+             helper.make_node("If", ["noisy"], ["logits"], then_branch=branch("wide", [1.0]),
+                              else_branch=branch("narrow", []))]
+    graph = helper.make_graph(nodes, "shifty", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(np.float32(0.01), "small")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="srtool.sigma", value="0.25")
+    return model
+
+
+@pytest.mark.parametrize("out", ["run.parquet", "new/sub/run.parquet", None])
+def test_a_run_refused_after_it_started_leaves_no_file(scene, capsys, out):
+    """Was: RUN.parquet.parts/config.json (and the folders of --out) stayed behind."""
+    model = scene / "m" / "model.onnx"
+    model.write_bytes(wider_on_noise_model().SerializeToString())
+    before = files(scene)
+    code, _, err = srtool("certify", "--model", model, "--images", scene / "d.npz", *FAST,
+                          *(["--out", scene / out] if out else []), capsys=capsys)
+    assert code == 2 and err.strip() == "error: the model voted for class 3 but declares 3 classes", err
+    assert files(scene) == before  # no parts, no lock, no runs/ or new/sub/ folder
+
+
+def test_a_refused_overwrite_keeps_the_old_results(scene, capsys):
+    assert certify(scene, linear_model(), capsys=capsys)[0] == 0
+    finished = (scene / "run.parquet").read_bytes()
+    model = scene / "m" / "shifty.onnx"
+    model.write_bytes(wider_on_noise_model().SerializeToString())
+    code, _, err = srtool("certify", "--model", model, "--images", scene / "d.npz", *FAST, "--out",
+                          scene / "run.parquet", "--overwrite", capsys=capsys)
+    assert code == 2 and "voted for class 3" in err
+    assert (scene / "run.parquet").read_bytes() == finished and not (scene / "run.parquet.parts").exists()
