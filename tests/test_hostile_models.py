@@ -300,3 +300,29 @@ def test_a_refused_overwrite_keeps_the_old_results(scene, capsys):
                           scene / "run.parquet", "--overwrite", capsys=capsys)
     assert code == 2 and "voted for class 3" in err
     assert (scene / "run.parquet").read_bytes() == finished and not (scene / "run.parquet.parts").exists()
+
+
+def failing_on_noise_model() -> onnx.ModelProto:
+    """Runs on the probe's zeros; on a noisy copy whose first pixel is 0.1 or more, a Gather index runs
+    out of range and ONNX Runtime raises (a model that fails at run time, not at load)."""
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("Gather", ["flat", "zero"], ["first"], axis=1),
+             helper.make_node("Mul", ["first", "ten"], ["scaled"]),
+             helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["bias", "index"], ["row"], axis=0),
+             helper.make_node("MatMul", ["flat", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "row"], ["logits"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.float32(10), "ten"),
+             numpy_helper.from_array(np.zeros((1, 3), np.float32), "bias"), numpy_helper.from_array(WEIGHTS, "W")]
+    graph = helper.make_graph(nodes, "failing", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="srtool.sigma", value="0.25")
+    return model
+
+
+def test_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
+    """Was: exit 1 "unexpected InvalidArgument", after ORT's own log line on stderr."""
+    err = refused(scene, failing_on_noise_model(), capsys, "error: the model failed on a batch of noisy copies "
+                  "(ONNX Runtime: Non-zero status code returned while running Gather node.")
+    assert "[E:onnxruntime" not in err
