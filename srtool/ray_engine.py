@@ -16,8 +16,10 @@ How it fits the local engine (core.start):
 - Each input's noise depends only on (seed, index) (srtool/noise.py), so which worker evaluates an
   input, and in what order, changes nothing: the table equals the local engine's row for row.
 
-Faults: a worker that dies (killed, crashed, its node lost) is replaced by a new actor and its
-unfinished shards go back to the queue, the input it was working on alone at the front. That input
+Faults: a worker that dies (killed, crashed, its node lost) is replaced by a new actor where the
+cluster as it is now has room for one (a lost node takes its room with it: the run goes on with the
+workers left and takes a replacement when room appears; it never waits for one once the inputs are
+done), and its unfinished shards go back to the queue, the input it was working on alone at the front. That input
 is charged one attempt; an input that has killed MAX_ATTEMPTS workers is given up, the run goes on
 with the others, and at the end a one-line error names the inputs that failed (what finished is
 saved; the same command retries them). An exception raised by srtool inside a worker (not a death)
