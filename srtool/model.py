@@ -225,6 +225,11 @@ def load_model(source: str | Path | bytes) -> Model:
     if input_shape is not None and math.prod(input_shape) > MAX_INPUT_VALUES:
         raise UsageError(f"{name}: the model input {'×'.join(map(str, input_shape))} has more than "
                          f"{MAX_INPUT_VALUES:,} values per copy")
+    out_type = model_output.type.tensor_type.elem_type
+    if out_type and out_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16):
+        known = {value: key.lower() for key, value in TensorProto.DataType.items()}
+        raise UsageError(f"{name}: the model output holds {known.get(out_type, f'data type {out_type}')}, not "
+                         "floating-point logits")
     out_dims = _static_dims(model_output)
     if len(out_dims) != 2:
         raise UsageError(f"{name}: model output has rank {len(out_dims)}; expected N×classes logits")

@@ -326,3 +326,12 @@ def test_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
     err = refused(scene, failing_on_noise_model(), capsys, "error: the model failed on a batch of noisy copies "
                   "(ONNX Runtime: Non-zero status code returned while running Gather node.")
     assert "[E:onnxruntime" not in err
+
+
+@pytest.mark.parametrize("elem_type, shown", [(TensorProto.INT64, "int64"), (TensorProto.BOOL, "bool"),
+                                              (TensorProto.STRING, "string"), (99, "data type 99")])
+def test_logits_that_are_not_floating_point_are_refused(scene, capsys, elem_type, shown):
+    """Was: ONNX Runtime's INVALID_GRAPH message about srtool's own nodes."""
+    model = linear_model()
+    model.graph.output[0].type.tensor_type.elem_type = elem_type
+    refused(scene, model, capsys, f"model.onnx: the model output holds {shown}, not floating-point logits")
