@@ -335,3 +335,11 @@ def test_logits_that_are_not_floating_point_are_refused(scene, capsys, elem_type
     model = linear_model()
     model.graph.output[0].type.tensor_type.elem_type = elem_type
     refused(scene, model, capsys, f"model.onnx: the model output holds {shown}, not floating-point logits")
+
+
+def test_bench_on_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
+    model = scene / "m" / "failing.onnx"
+    model.write_bytes(failing_on_noise_model().SerializeToString())
+    code, _, err = srtool("bench", "--model", model, "--seconds", 0.2, "--threads", 1, capsys=capsys)
+    assert code == 2 and err.strip().startswith("error: the model failed in ONNX Runtime: Non-zero status code"), err
+    assert len(err.strip().splitlines()) == 1
