@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -307,8 +308,14 @@ class Job:
 
 
 def runtime_failure(error: BaseException) -> str | None:
-    """The first line of an ONNX Runtime error (its own exception types, from its C++ core), else None."""
-    if type(error).__module__ != "onnxruntime.capi.onnxruntime_pybind11_state":
+    """The first line of an ONNX Runtime error, else None: its own exception types (from its C++ core),
+    or a RuntimeError raised inside its Python package (run_with_iobinding's "Error in execution")."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    inside = frame is not None and f"{os.sep}onnxruntime{os.sep}" in frame.tb_frame.f_code.co_filename
+    if type(error).__module__ != "onnxruntime.capi.onnxruntime_pybind11_state" and \
+            not (isinstance(error, RuntimeError) and inside):
         return None
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
