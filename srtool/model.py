@@ -3,6 +3,12 @@
 The contract (DESIGN §4): float32 NCHW (images) or NCTHW (videos) input in [0,1] pixel units, any
 normalization inside the graph, one output of N×classes logits. Optional `srtool.*` metadata props
 (`input_shape` "C,H,W", `classes` JSON list, `sigma`) fill in what the graph's shapes leave open.
+
+A model is someone else's file, so everything srtool reads from it is checked here, once, with a
+one-line UsageError: the metadata (well-formed, and agreeing with the graph), the opset, the input
+and output types. Tensors kept in external files are read in here from the model's own folder and
+nowhere else, so the bytes handed to ONNX Runtime refer to no file at all (ORT would resolve a
+relative location against the working directory).
 """
 
 from __future__ import annotations
