@@ -99,8 +99,9 @@ def _all_tensors(proto: onnx.ModelProto):
         yield from _graph_tensors(training.algorithm)
 
 
-def _inline_external_data(proto: onnx.ModelProto, path: Path | None) -> None:
-    """Read every tensor kept in an external file into the model, from the model's own folder only.
+def _inline_external_data(proto: onnx.ModelProto, path: Path | None, digest) -> None:
+    """Read every tensor kept in an external file into the model, from the model's own folder only;
+    each tensor's bytes also go into `digest` (the model's sha256), so new weights are a new model.
 
     ONNX Runtime is handed the model as bytes, so it would resolve a relative location against the
     working directory (and an absolute one anywhere): every reference is resolved here instead, and
@@ -143,6 +144,7 @@ def _inline_external_data(proto: onnx.ModelProto, path: Path | None) -> None:
         with open(target, "rb") as handle:
             handle.seek(offset)
             tensor.raw_data = handle.read(length)
+        digest.update(tensor.raw_data)
         del tensor.external_data[:]
         tensor.data_location = TensorProto.DEFAULT
 
@@ -196,7 +198,8 @@ def load_model(source: str | Path | bytes) -> Model:
     except Exception:
         what = "the model bytes are not an ONNX model" if from_bytes else f"{path} is not an ONNX model"
         raise UsageError(what) from None
-    _inline_external_data(proto, None if from_bytes else path)
+    digest = hashlib.sha256(raw)
+    _inline_external_data(proto, None if from_bytes else path, digest)
 
     name = path.name
     initializers = {init.name for init in proto.graph.initializer}
@@ -244,7 +247,7 @@ def load_model(source: str | Path | bytes) -> Model:
         raise UsageError(f"{name}: metadata srtool.classes names {len(classes)} classes, but the model "
                          f"outputs {out_dims[1]}")
     return Model(
-        path=path, proto=proto, sha256=hashlib.sha256(raw).hexdigest(),
+        path=path, proto=proto, sha256=digest.hexdigest(),
         input_name=model_input.name, output_name=model_output.name,
         input_shape=input_shape, num_classes=out_dims[1], classes=classes,
         trained_sigma=_metadata(meta, "srtool.sigma", _sigma, "a positive number", name),

@@ -13,8 +13,8 @@ model that holds W inline.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +343,15 @@ def test_bench_on_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
     code, _, err = srtool("bench", "--model", model, "--seconds", 0.2, "--threads", 1, capsys=capsys)
     assert code == 2 and err.strip().startswith("error: the model failed in ONNX Runtime: ") and "Gather" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_new_external_weights_are_a_new_model(scene):
+    """The model's sha256 (which a resume compares) covers its external data, not only the .onnx file."""
+    (scene / "m" / "model.onnx").write_bytes(linear_model("initializer", "w.bin").SerializeToString())
+    WEIGHTS.tofile(scene / "m" / "w.bin")
+    first = load_model(scene / "m" / "model.onnx").sha256
+    (-WEIGHTS).tofile(scene / "m" / "w.bin")
+    assert load_model(scene / "m" / "model.onnx").sha256 != first
+    (scene / "m" / "inline.onnx").write_bytes(linear_model().SerializeToString())  # no external data: the file's hash
+    assert load_model(scene / "m" / "inline.onnx").sha256 == hashlib.sha256(
+        (scene / "m" / "inline.onnx").read_bytes()).hexdigest()
