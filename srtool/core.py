@@ -318,7 +318,7 @@ def runtime_failure(error: BaseException) -> str | None:
             not (isinstance(error, RuntimeError) and inside):
         return None
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return re.sub(r"^(Error in execution: )?(\[ONNXRuntimeError\] : \d+ : \w+ : )?", "", text)
 
 
 def start(run: Run, worker: bool = False, quiet: bool = False) -> Job:
