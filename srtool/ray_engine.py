@@ -515,7 +515,9 @@ class RayEngine:
             if missing and queue and now - room_checked > ROOM_CHECK_SECONDS:
                 room_checked = now
                 if self._room_for_another():  # a node has joined, or other work has freed room
-                    replace(missing.pop(0))
+                    number = missing.pop(0)
+                    replace(number)
+                    self._say(f"the cluster has room again: worker {number} replaced")
             if any(slot.starting is None for slot in self.slots):
                 no_worker_since = now
             elif now - no_worker_since > NO_WORKER_SECONDS or not (owner or missing):
