@@ -65,7 +65,7 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0,
     if provider_options and providers[0] == "CUDAExecutionProvider":
         providers[0] = ("CUDAExecutionProvider", dict(provider_options))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: ORT's errors reach the user as srtool's one line, not twice
     options.intra_op_num_threads = threads
     for name, value in (session_options or {}).items():
         if not hasattr(options, name):

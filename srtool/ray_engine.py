@@ -16,8 +16,10 @@ How it fits the local engine (core.start):
 - Each input's noise depends only on (seed, index) (srtool/noise.py), so which worker evaluates an
   input, and in what order, changes nothing: the table equals the local engine's row for row.
 
-Faults: a worker that dies (killed, crashed, its node lost) is replaced by a new actor and its
-unfinished shards go back to the queue, the input it was working on alone at the front. That input
+Faults: a worker that dies (killed, crashed, its node lost) is replaced by a new actor where the
+cluster as it is now has room for one (a lost node takes its room with it: the run goes on with the
+workers left and takes a replacement when room appears; it never waits for one once the inputs are
+done), and its unfinished shards go back to the queue, the input it was working on alone at the front. That input
 is charged one attempt; an input that has killed MAX_ATTEMPTS workers is given up, the run goes on
 with the others, and at the end a one-line error names the inputs that failed (what finished is
 saved; the same command retries them). An exception raised by srtool inside a worker (not a death)
@@ -47,6 +49,10 @@ IN_FLIGHT = 2  # shards queued per actor, so it starts the next one without wait
 SHARDS_PER_WORKER = 8  # enough shards that the tail of the run stays balanced
 MAX_SHARD = 64
 STARTUP_SECONDS = 600  # a worker waits this long for its resources (and loads its model) at most
+# With inputs left and not one worker running (every node that had room is lost), the run waits this
+# long for a node with room to join, then stops; what finished is saved and the same command resumes.
+NO_WORKER_SECONDS = 60
+ROOM_CHECK_SECONDS = 2.0  # how often a run short of workers asks the cluster for room for another
 LOCAL_OBJECT_STORE = 256 * 2**20  # rows are small; the store only needs room for a few of them
 # Fields of the configuration, and of core.Run, that name files: a worker may see them under other
 # (absolute) paths.
@@ -103,18 +109,55 @@ def _ranges(indices) -> str:
     return ", ".join(runs[:8]) + (f" and {len(runs) - 8} more runs" if len(runs) > 8 else "")
 
 
-def _reachable(address: str) -> bool:
-    """Whether something listens at HOST:PORT; other forms ('auto') are left to Ray."""
+# An HTTP/2 client's opening (the connection preface and an empty SETTINGS frame): a Ray head's GCS
+# is a gRPC server, which answers with a SETTINGS frame of its own at once.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+PROBE_SECONDS = 3.0
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (an IPv6 host in brackets) → (host, port); a one-line UsageError for anything else."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
+        raise UsageError(f"--address {address!r}: give the head node's HOST:PORT (e.g. 10.0.0.5:6379), "
+                         "or 'auto' for the cluster this machine belongs to")
+    return host, int(port)
+
+
+def _check_head(address: str) -> None:
+    """Refuse, within seconds, an address where no Ray head listens.
+
+    Ray itself retries such an address for minutes, deaf to Ctrl-C. Nothing listening: the connection
+    is refused. Something else listening (a web server, a database, a silent socket): it does not
+    answer an HTTP/2 opening with a SETTINGS frame within PROBE_SECONDS, as any gRPC server does.
+    With TLS between Ray's processes (RAY_USE_TLS) the opening would be wrong, so only the connection
+    is checked there.
+    """
     import socket
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return True
+    host, port = _host_port(address)
     try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-        return True
+        connection = socket.create_connection((host, port), timeout=PROBE_SECONDS)
     except OSError:
-        return False
+        raise UsageError(f"cannot reach the Ray cluster at {address} (no head node listens there)") from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        answer = b""
+        try:
+            connection.settimeout(PROBE_SECONDS)
+            connection.sendall(HTTP2_PREFACE)
+            while len(answer) < 9:
+                chunk = connection.recv(9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+        except OSError:  # a timeout, or the other side reset the connection
+            pass
+    if len(answer) < 9 or answer[3] != 4:  # frame type 4: SETTINGS
+        raise UsageError(f"no Ray head node at {address}: something else listens there (it does not answer "
+                         "as Ray's GCS server does); give the head's GCS port (ray start --head --port)")
 
 
 # -- the actor ---------------------------------------------------------------------------------------
@@ -204,8 +247,8 @@ class RayEngine:
             if self.address.startswith("ray://"):
                 raise UsageError("--address takes the head node's HOST:PORT (run srtool on a node of the "
                                  "cluster); Ray Client (ray://) addresses are not supported")
-            if not _reachable(self.address):  # Ray itself would retry for minutes before saying so
-                raise UsageError(f"cannot reach the Ray cluster at {self.address} (no head node listens there)")
+            if self.address != "auto":  # 'auto': Ray finds the cluster of this machine, or says there is none
+                _check_head(self.address)
         self.requested_device = runtime.device
         self.cpus = runtime.cpus_per_worker or 1.0
         self.ray = None
@@ -328,6 +371,7 @@ class RayEngine:
         self.expected = {"config": _comparable(config), "inputs": len(dataset),
                          "labels": _labels_digest(dataset.labels)}
         self.workers = workers
+        self.gpus = gpus
         self.slots = [self._launch(number) for number in range(workers)]
         self.max_replacements = MAX_ATTEMPTS * workers  # bounded: a cluster that kills everything ends
         devices = set()
@@ -351,6 +395,16 @@ class RayEngine:
                                               (self.fault[0] == "exit-after" and first)) else None
         handle = self.actor.remote(self.worker_runs, fault)
         return _Slot(number, handle, handle.describe.remote())
+
+    def _room_for_another(self) -> bool:
+        """Whether the cluster as it is now (lost nodes gone from its resources) can hold one worker
+        more than those the run has. Ray would queue an actor it cannot place, and wait for ever."""
+        try:
+            total = self.ray.cluster_resources()
+        except Exception:  # the cluster is going away too: no replacement
+            return False
+        workers = len(self.slots) + 1
+        return workers * self.cpus <= total.get("CPU", 0) and workers * self.gpus <= total.get("GPU", 0)
 
     def _check_started(self, slot: _Slot, described: dict) -> str:
         if described["error"] is not None:
@@ -432,14 +486,23 @@ class RayEngine:
                 pass
             self.slots.remove(slot)
             self.replacements += 1
-            if self.replacements <= self.max_replacements:
-                replacement = self._launch(slot.number)
-                self.slots.append(replacement)
-                owner[replacement.starting] = (replacement, None)
-                self._say(f"worker {slot.number} lost ({reason}); its inputs go back to the queue")
-            else:
+            if self.replacements > self.max_replacements:
                 self._say(f"worker {slot.number} lost ({reason}); no more replacements")
+            elif self._room_for_another():
+                replace(slot.number)
+                self._say(f"worker {slot.number} lost ({reason}); its inputs go back to the queue")
+            else:  # the node went with it: go on with the workers left, take one later if room appears
+                missing.append(slot.number)
+                self._say(f"worker {slot.number} lost ({reason}); its inputs go back to the queue, "
+                          f"{_count(len(self.slots), 'worker')} go on (no room for a replacement now)")
 
+        def replace(number: int) -> None:
+            replacement = self._launch(number)
+            self.slots.append(replacement)
+            owner[replacement.starting] = (replacement, None)
+
+        missing: list[int] = []  # workers lost with no room to replace them (yet)
+        room_checked = no_worker_since = time.monotonic()
         while True:
             for slot in self.slots:
                 while slot.starting is None and len(slot.tasks) < IN_FLIGHT and queue:
@@ -448,8 +511,22 @@ class RayEngine:
                     task = _Task(slot.handle.evaluate.options(num_returns="streaming").remote(shard), shard)
                     slot.tasks.append(task)
                     owner[task.generator] = (slot, task)
-            if not owner:  # all done, or work left and no worker to do it
-                break
+            if not queue and not any(slot.tasks for slot in self.slots):
+                break  # all done: a replacement still starting is not waited for (_stop ends it)
+            now = time.monotonic()
+            if missing and queue and now - room_checked > ROOM_CHECK_SECONDS:
+                room_checked = now
+                if self._room_for_another():  # a node has joined, or other work has freed room
+                    number = missing.pop(0)
+                    replace(number)
+                    self._say(f"the cluster has room again: worker {number} replaced")
+            if any(slot.starting is None for slot in self.slots):
+                no_worker_since = now
+            elif now - no_worker_since > NO_WORKER_SECONDS or not (owner or missing):
+                break  # work left and no worker to do it; the error below names the inputs
+            if not owner:
+                time.sleep(0.5)  # only waiting for room: nothing to wait on in Ray
+                continue
             ready, _ = ray.wait(list(owner), num_returns=1, timeout=1.0)  # a timeout keeps Ctrl-C prompt
             for slot in [other for other in self.slots if other.starting is not None
                          and other.starting not in ready and time.monotonic() - other.since > STARTUP_SECONDS]:
@@ -502,6 +579,6 @@ class RayEngine:
                 problems.append(f"inputs {_ranges(list(failed))} failed on {MAX_ATTEMPTS} Ray workers ({reasons})")
             if left:
                 problems.append(f"inputs {_ranges(left)} not done: {self.replacements} Ray workers were lost "
-                                "and no more are started")
+                                f"and none could be placed in their stead within {NO_WORKER_SECONDS} s")
             raise UsageError("; ".join(problems) + "; finished inputs are saved, run the same command "
                              "to retry the rest")

@@ -315,17 +315,24 @@ class ResultsWriter:
         self._written: list[Path] = []  # parts written by this writer, merged by finish
         self._last_flush = time.monotonic()
         self._part_number = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Nothing is written until the first row (or finish): a run refused after the writer opened
+        # (a model that votes past its classes, a Ray cluster without room) leaves no file. Until
+        # then the writer holds only the lock, in the folders it had to make, which close() removes.
+        self._started = False
+        self._overwrite = overwrite  # the old results go when the first new row is written
+        self._made_folders = _make_folders(self.path.parent)
         self._lock = _Lock(Path(f"{self.path}.lock"), self.path)
         if self._lock.warning:
             self.warnings.append(self._lock.warning)
         try:
             self._remove_temporaries()
             if overwrite:
-                self._remove()
-            self._done = self._resume()
+                self._check_removable()
+                self._done = self.schema.empty_table()
+            else:
+                self._done = self._resume()
         except BaseException:
-            self._lock.release()
+            self.close()
             raise
 
     def __enter__(self) -> "ResultsWriter":
@@ -335,8 +342,29 @@ class ResultsWriter:
         self.close()
 
     def close(self) -> None:
-        """Release the lock; rows not yet flushed are dropped (their inputs are recomputed on resume)."""
+        """Release the lock; rows not yet flushed are dropped (their inputs are recomputed on resume).
+        A writer that never wrote also removes the folders it made for the results."""
         self._lock.release()
+        if not self._started:
+            for folder in reversed(self._made_folders):
+                try:
+                    folder.rmdir()  # only while empty: another process may have put files there since
+                except OSError:
+                    break
+            self._made_folders = []
+
+    def _start(self) -> None:
+        """Before the first write: the old results go (--overwrite), the parts folder and its
+        configuration are made (a fresh run)."""
+        if self._started:
+            return
+        if self._overwrite:
+            self._remove()
+        if not self.parts.is_dir():
+            self.parts.mkdir(parents=True)
+            self._write(lambda tmp: tmp.write_text(json.dumps(self.config, indent=1)),
+                        self.parts / "config.json")
+        self._started = True
 
     # -- resume --------------------------------------------------------------------------------
     def _check_same(self, stored: dict, where: Path) -> None:
@@ -374,10 +402,6 @@ class ResultsWriter:
                                     "its inputs will be recomputed")
             numbers = [int(PART.fullmatch(p.name).group(1)) for p in _part_files(self.parts)]
             self._part_number = max(numbers, default=-1) + 1  # after the last: a part set aside leaves a gap
-        else:
-            self.parts.mkdir(parents=True)
-            self._write(lambda tmp: tmp.write_text(json.dumps(self.config, indent=1)),
-                        self.parts / "config.json")
         return _dedupe_sorted(pa.concat_tables(done)) if done else self.schema.empty_table()
 
     def _set_aside(self, file: Path, what: str, then: str) -> None:
@@ -426,6 +450,7 @@ class ResultsWriter:
         if not self._lock.held:
             raise RuntimeError(f"the results writer for {self.path} is closed")
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        self._start()
         target = self.parts / f"part-{self._part_number:06d}.parquet"
         self._write(lambda tmp: pq.write_table(table, tmp), target)
         self._written.append(target)
@@ -438,6 +463,7 @@ class ResultsWriter:
         On failure (a full disk) the parts stay and the lock is kept, so finish may be called again.
         """
         self.flush()
+        self._start()
         tables = [self._done]
         for part in self._written:
             try:
@@ -462,6 +488,17 @@ class ResultsWriter:
             tmp.unlink(missing_ok=True)
             raise UsageError(_write_failure(target, error)) from None
 
+    def _check_removable(self) -> None:
+        """--overwrite: refuse at once to replace a file that is not srtool's (nor a damaged Parquet)."""
+        if self.path.is_file():
+            try:
+                read_config(self.path)
+            except UsageError:
+                if not _looks_parquet(self.path):
+                    raise
+                self.warnings.append(f"{self.path.name} is damaged: it is set aside in {self.damaged} "
+                                     "when the first new row is written (starting over)")
+
     def _remove(self) -> None:
         if self.path.is_file():
             try:
@@ -474,6 +511,22 @@ class ResultsWriter:
             else:
                 self.path.unlink()
         shutil.rmtree(self.parts, ignore_errors=True)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; the folders it made, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        for made in reversed(missing):
+            made.mkdir(exist_ok=True)
+    except FileExistsError:  # a file where a folder should be
+        raise UsageError(f"cannot make the folder {made}: a file has that name") from None
+    except OSError as error:
+        raise UsageError(f"cannot make the folder {made}: {error.strerror}") from None
+    return list(reversed(missing))
 
 
 def _write_failure(target: Path, error: OSError) -> str:

@@ -1053,3 +1053,225 @@ def test_false_certificates_stay_within_alpha_over_random_plans(ws, capsys):
                 false += 1
         shutil.rmtree(folder)
     assert false <= binom.ppf(1 - 1e-6, trials, alpha), (false, trials)
+
+
+# == 5. hostile models (issue 25) =======================================================================
+# A model's own content: its srtool.* metadata, logits whose shape changes from call to call, and
+# tensors whose data lies in external files. Every run also checks the promise of issue 25: a refusal
+# writes nothing, and no row holds more votes than copies.
+
+def strict_rows(out: Path, outcome: str, inputs: int) -> None:
+    """check_table, and every row's votes within its copies: counts sum to at most n (plus n0 for
+    certify), `invalid` is never negative, a radius is a finite number."""
+    config = json.loads(pq.read_table(out).schema.metadata[b"srtool"])
+    for row in check_table(out, outcome, inputs):
+        if row["error"] is not None:
+            continue
+        assert row["invalid"] >= 0 and sum(row["counts"]) <= row["n"], row
+        assert row["radius"] is None or math.isfinite(row["radius"]), row
+        if config["command"] == "certify" and row["predict"] >= 0:
+            assert row["count"] <= row["n"], row
+
+
+def gray_model(path: Path, metadata: dict[str, str] | None = None, free: tuple[int, ...] = (),
+               free_classes: bool = False) -> str:
+    """The workspace's 10-class linear model on 1×4×4, with `metadata` as given (raw strings), the
+    input axes in `free` (1-3) left open and, with `free_classes`, the class axis too."""
+    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["logits"])],
+        "gray", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *[f"d{a}" if a in free else s for a, s
+                                                                               in zip((1, 2, 3), (1, 4, 4))]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "K" if free_classes else 10])],
+        [numpy_helper.from_array(weights, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    path.write_bytes(model.SerializeToString())
+    return str(path)
+
+
+NAMES = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6)
+METADATA = {
+    "srtool.classes": st.one_of(
+        st.lists(NAMES, min_size=10, max_size=10).map(json.dumps),  # valid
+        st.lists(st.one_of(NAMES, st.integers(), st.none(), st.floats()), max_size=12).map(json.dumps),
+        JSON.map(json.dumps), st.text(max_size=12)),
+    "srtool.input_shape": st.one_of(
+        st.just("1,4,4"),  # valid
+        st.lists(st.one_of(st.integers(-3, 5).map(str), st.sampled_from(["x", "4.0", "", " 4", "1e3", HUGE, "nan"])),
+                 max_size=5).map(",".join),
+        st.text(max_size=8)),
+    "srtool.sigma": st.one_of(st.sampled_from(["0.25", "1", "0.5 "]), floats(0.25), st.text(max_size=6)),
+}
+
+
+@budget(2)
+@given(metadata=st.dictionaries(st.sampled_from(sorted(METADATA)), st.none()).flatmap(
+           lambda keys: st.fixed_dictionaries({key: METADATA[key] for key in keys})),
+       free=st.sets(st.sampled_from([1, 2, 3])), free_classes=st.booleans(), sigma=st.sampled_from([[], ["--sigma", 0.25]]),
+       command=st.sampled_from(["certify", "predict"]))
+@example(metadata={"srtool.classes": "not json"}, free=set(), free_classes=False, sigma=[], command="certify")
+@example(metadata={"srtool.input_shape": "1,x,4"}, free={2}, free_classes=False, sigma=[], command="certify")
+@example(metadata={"srtool.sigma": "abc"}, free=set(), free_classes=False, sigma=[], command="certify")
+@example(metadata={"srtool.classes": '["a"]'}, free=set(), free_classes=True, sigma=[], command="certify")
+def test_model_metadata(capsys, ws, metadata, free, free_classes, sigma, command):
+    """Was: exit 1 "unexpected" (JSONDecodeError, ValueError) on malformed classes, shape or σ."""
+    folder = ws.folder()
+    model = gray_model(folder / "m.onnx", metadata, tuple(free), free_classes)
+    out = folder / "run.parquet"
+    before = snapshot(folder)
+    extra = ["--n0", N0] if command == "certify" else []
+    outcome, _, err = run(capsys, command, "--model", model, "--images", ws.npz, "--n", N, "--threads", 1, "--quiet",
+                          "--out", out, *sigma, *extra)
+    if outcome == "refused":
+        assert snapshot(folder) == before, err
+    else:
+        strict_rows(out, outcome, 5)
+    shutil.rmtree(folder)
+
+
+# How a model's logits may change on the calls where it changes them: rows added or dropped, classes
+# added or dropped, another rank, no rows at all.
+SHAPE_CHANGES = ("more_rows", "fewer_rows", "no_rows", "wider", "narrower", "rank3", "rank1")
+# Changes that give a call more or fewer votes than copies: issue 25 item 2, fixed on the scheduler's
+# branch (the engine checks the votes of every call). Until it is merged they are left out of the
+# fuzzing and expected to fail below; on merge, empty this.
+AWAITING_ITEM_2 = ("more_rows", "fewer_rows", "no_rows", "rank3")
+
+
+def shifting_model(path: Path, change: str, threshold: float) -> str:
+    """10-class linear logits on 1×4×4, changed as `change` says on every call whose largest noisy
+    pixel exceeds `threshold` (so some calls change and others do not, the probe on zeros never)."""
+    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
+    changed = {
+        "more_rows": [helper.make_node("Concat", ["logits", "logits"], ["out_then"], axis=0)],
+        "fewer_rows": [helper.make_node("Slice", ["logits", "one", "big"], ["out_then"], axes=[0]) if False else
+                       helper.make_node("Slice", ["logits", "one", "big", "zero"], ["out_then"])],
+        "no_rows": [helper.make_node("Slice", ["logits", "big", "big", "zero"], ["out_then"])],
+        "wider": [helper.make_node("Concat", ["logits", "logits"], ["out_then"], axis=1)],
+        "narrower": [helper.make_node("Slice", ["logits", "zero", "five", "one"], ["out_then"])],
+        "rank3": [helper.make_node("Unsqueeze", ["logits", "zero"], ["out_then"])],
+        "rank1": [helper.make_node("Flatten", ["logits"], ["flat2"], axis=0),
+                  helper.make_node("Squeeze", ["flat2", "zero"], ["out_then"])],
+    }[change]
+    then = helper.make_graph(changed, "then", [], [helper.make_tensor_value_info("out_then", TensorProto.FLOAT, None)])
+    same = helper.make_graph([helper.make_node("Identity", ["logits"], ["out_else"])], "else", [],
+                             [helper.make_tensor_value_info("out_else", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+             helper.make_node("ReduceMax", ["flat"], ["top"], keepdims=0),
+             helper.make_node("Greater", ["top", "threshold"], ["changes"]),
+             helper.make_node("If", ["changes"], ["out"], then_branch=then, else_branch=same)]
+    inits = [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.float32(threshold), "threshold"),
+             *(numpy_helper.from_array(np.array([v], np.int64), name)
+               for name, v in (("zero", 0), ("one", 1), ("five", 5), ("big", 2**62)))]
+    graph = helper.make_graph(nodes, "shifting", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="srtool.sigma", value="0.25")
+    path.write_bytes(model.SerializeToString())
+    return str(path)
+
+
+@budget(2)
+@given(change=st.sampled_from([c for c in SHAPE_CHANGES if c not in AWAITING_ITEM_2]), threshold=st.sampled_from([0.5, 1.0, 1.3, 2.0]),
+       command=st.sampled_from(["certify", "predict"]), sequential=st.booleans(),
+       batch=st.sampled_from(["auto", "1", "7"]))
+def test_models_whose_logits_change_shape_between_calls(capsys, ws, change, threshold, command, sequential, batch):
+    """Issue 25 item 2: the votes of every call must be the copies sent; anything else is an error
+    row or a one-line error, never a row with more votes than copies or a NaN radius."""
+    folder = ws.folder()
+    model = shifting_model(folder / "m.onnx", change, threshold)
+    out = folder / "run.parquet"
+    before = snapshot(folder)
+    extra = (["--n0", N0] + (["--sequential"] if sequential else [])) if command == "certify" else []
+    outcome, _, err = run(capsys, command, "--model", model, "--images", ws.npz, "--n", N, "--threads", 1, "--quiet",
+                          "--batch", batch, "--out", out, *extra)
+    if outcome == "refused":
+        assert snapshot(folder) == before, err
+    else:  # the logits are always finite: a copy without a vote is a row the model dropped
+        strict_rows(out, outcome, 5)
+        assert all(row["invalid"] in (0, None) for row in pq.read_table(out).to_pylist())
+    shutil.rmtree(folder)
+
+
+@st.composite
+def external_references(draw):
+    """Where a model's weights say their data lies: a location (inside the model's folder or not,
+    existing or not, a link out of it), an offset and a length (right, wrong or absent)."""
+    location = draw(st.sampled_from(["w.bin", "sub/w.bin", "../w.bin", "sub/../w.bin", "sub/../../w.bin", "{abs}",
+                                     "link.bin", "sub", "", "missing.bin", "w.bin\x00x", "*/_ORT_MEM_ADDR_/*",
+                                     "./w.bin", "//etc/passwd"]))
+    offset = draw(st.one_of(st.none(), st.sampled_from(["0", "8", "-8", "x", "640", HUGE])))
+    length = draw(st.one_of(st.none(), st.sampled_from(["640", "0", "4", "-1", "1.5", HUGE])))
+    place = draw(st.sampled_from(["initializer", "constant", "sparse"]))
+    return location, offset, length, place
+
+
+@budget(2)
+@given(reference=external_references(), in_cwd=st.booleans())
+@example(reference=("w.bin", None, None, "constant"), in_cwd=True)  # was: ./w.bin read, exit 0
+@example(reference=("../w.bin", None, None, "initializer"), in_cwd=False)  # was: "is not an ONNX model"
+def test_external_data_references(capsys, ws, reference, in_cwd):
+    """A model's external data is read from its own folder or the model is refused in one line; the
+    working directory (where ORT would look) holds a w.bin of other weights, which must never count."""
+    location, offset, length, place = reference
+    folder = ws.folder()
+    os.chdir(folder)
+    (folder / "m").mkdir()
+    (folder / "m" / "sub").mkdir()
+    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
+    data = b"\x00" * 8 + weights.tobytes()
+    for where in ([folder] if in_cwd else []) + [folder / "m", folder / "m" / "sub"]:
+        (where / "w.bin").write_bytes(data)
+    (folder / "w.bin").write_bytes(b"\x00" * len(data))  # the working directory: zeros
+    (folder / "m" / "link.bin").symlink_to(folder / "w.bin")
+    location = location.format(abs=folder / "m" / "w.bin")
+    tensor = numpy_helper.from_array(weights.ravel() if place == "sparse" else weights, "W")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        if value is not None:
+            tensor.external_data.add(key=key, value=value)
+    nodes, inits, sparse = [], [], []
+    if place == "initializer":
+        inits.append(tensor)
+    elif place == "constant":
+        nodes.append(helper.make_node("Constant", [], ["W"], value=tensor))
+    else:
+        sparse.append(helper.make_sparse_tensor(tensor, numpy_helper.from_array(np.arange(160, dtype=np.int64)),
+                                                [16, 10]))
+    nodes += [helper.make_node("Flatten", ["x"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["logits"])]
+    graph = helper.make_graph(nodes, "external", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    graph.sparse_initializer.extend(sparse)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="srtool.sigma", value="0.25")
+    (folder / "m" / "m.onnx").write_bytes(model.SerializeToString())
+    out = folder / "run.parquet"
+    before = snapshot(folder)
+    outcome, _, err = run(capsys, "certify", "--model", folder / "m" / "m.onnx", "--images", ws.npz, *FAST,
+                          "--out", out)
+    inside = location in ("w.bin", "sub/w.bin", "sub/../w.bin", "./w.bin")
+    right = offset == "8" and length in (None, "640")
+    if outcome == "refused":
+        assert snapshot(folder) == before, err
+        assert not (inside and right), err
+    else:  # read from the model's folder: the workspace's gray model's votes, never the zeros'
+        assert inside and offset in ("8", "0", None), (reference, err)
+        strict_rows(out, outcome, 5)
+        if right:
+            reference_out = folder / "ref.parquet"
+            assert srtool("certify", "--model", ws.gray, "--images", ws.npz, *FAST, "--out", reference_out)[0] == 0
+            assert pq.read_table(out).column("counts") == pq.read_table(reference_out).column("counts")
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("change", [pytest.param(c, marks=pytest.mark.xfail(
+    strict=True, reason="issue 25 item 2 (the scheduler's branch)")) if c in AWAITING_ITEM_2 else c
+    for c in SHAPE_CHANGES])
+def test_each_change_of_logits_shape(capsys, ws, change):
+    """Each change of SHAPE_CHANGES once, on about half the calls (threshold 1.3); more_rows was a NaN
+    radius with exit 0."""
+    test_models_whose_logits_change_shape_between_calls.hypothesis.inner_test(
+        capsys, ws, change, 1.3, "certify", False, "7")

@@ -217,7 +217,59 @@ def test_an_address_where_no_ray_listens_is_one_line(tmp_path, linear_data, caps
                           "--out", out, capsys=capsys)
     assert code == 2 and err.strip() == f"error: cannot reach the Ray cluster at 127.0.0.1:{port} " \
                                         "(no head node listens there)", err
-    assert not Path(f"{out}.parts").exists()
+    assert sorted(os.listdir(tmp_path)) == ["data.npz", "linear.onnx"]
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "http", "close"])
+def test_an_address_where_something_else_listens_fails_within_seconds(tmp_path, linear_data, capsys, behaviour):
+    """Issue 25 item 6: a listener that is not a Ray head (says nothing, answers HTTP/1, hangs up).
+    Was: Ray retried for minutes, deaf to Ctrl-C, and the results lock stayed."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed at the end of the test
+                return
+            accepted.append(connection)
+            if behaviour == "http":
+                connection.recv(100)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            if behaviour != "silent":
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    out = tmp_path / "r.parquet"
+    started = time.monotonic()
+    try:
+        code, _, err = srtool("certify", *linear_data, "--n", 10, "--engine", "ray", "--address",
+                              f"127.0.0.1:{port}", "--out", out, capsys=capsys)
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+    assert code == 2 and err.strip() == f"error: no Ray head node at 127.0.0.1:{port}: something else listens " \
+        "there (it does not answer as Ray's GCS server does); give the head's GCS port (ray start --head --port)", err
+    assert time.monotonic() - started < 10 and accepted
+    assert sorted(os.listdir(tmp_path)) == ["data.npz", "linear.onnx"]  # no lock, no parts
+
+
+@pytest.mark.parametrize("address", [":6379", "localhost", "10.0.0.1", "host:", "host:0", "host:65536",
+                                     "host:63 79", "host:port", "[::1]"])
+def test_an_address_without_host_or_port_is_one_line(tmp_path, linear_data, capsys, address):
+    """Issue 25 item 7: was a Ray traceback and nine lines (:PORT), or files left behind (HOST)."""
+    out = tmp_path / "r.parquet"
+    code, _, err = srtool("certify", *linear_data, "--n", 10, "--engine", "ray", "--address", address,
+                          "--out", out, capsys=capsys)
+    assert code == 2 and err.strip() == f"error: --address {address!r}: give the head node's HOST:PORT " \
+        "(e.g. 10.0.0.5:6379), or 'auto' for the cluster this machine belongs to", err
+    assert sorted(os.listdir(tmp_path)) == ["data.npz", "linear.onnx"]
 
 
 def test_without_ray_the_error_says_how_to_install_it(tmp_path, ray_env, linear_data, monkeypatch, capsys):
@@ -241,3 +293,73 @@ def test_ray_ensemble_sequential_table_equals_local_table(tmp_path, ray_env, lin
     assert code == 0, err
     (a, config), (b, _) = read(local), read(distributed)
     assert rows(a) == rows(b) and len(config["members"]) == 2 and config["sequential"]["radii"] == [0.1, 0.2]
+
+
+@pytest.fixture
+def two_nodes(ray_env):
+    """A Ray cluster of two nodes on this machine (ray.cluster_utils), one CPU each, so that each
+    holds one worker; token authentication with a token of this test's only (set up as srtool does for
+    its local Ray, which also refreshes what an earlier test left in Ray's caches). Yields (cluster,
+    the second node); the cluster is shut down after the test."""
+    from srtool.ray_engine import RayEngine
+
+    RayEngine._local_auth()  # ray_env removed every RAY_AUTH_* variable, and restores them after
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                             "object_store_memory": 80 * 2**20})
+    try:
+        second = cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+        yield cluster, second
+    finally:
+        cluster.shutdown()
+
+
+def lose_node(cluster, node) -> None:
+    """The node is gone at once, as when its machine goes down: its workers (the raylet's children,
+    which would otherwise go on serving their tasks for a while) are killed, then its raylet and the rest."""
+    raylet = node.all_processes["raylet"][0].process.pid
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == raylet:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+    cluster.remove_node(node, allow_graceful=False)
+
+
+@needs_ray
+def test_a_lost_node_leaves_the_run_to_the_workers_that_are_left(tmp_path, two_nodes, linear_data, monkeypatch,
+                                                                  capsys):
+    """Item 8 of issue 25: two nodes, the second killed (all its processes, raylet included) after 4
+    rows; the run ends on the head's worker with the local engine's table, and does not wait for a
+    replacement the one-CPU cluster that is left cannot place (was: 10 minutes, then an error)."""
+    from srtool.results import ResultsWriter
+
+    cluster, second = two_nodes
+    common = ["certify", *linear_data, "--n0", 20, "--n", 2000]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, "--quiet", capsys=capsys)[0] == 0
+    add, rows_seen = ResultsWriter.add, []
+
+    def add_then_kill(writer, row):  # the driver writes each row as it comes back: kill after the 8th
+        add(writer, row)
+        rows_seen.append(row["index"])
+        if len(rows_seen) == 4:
+            lose_node(cluster, second)
+
+    # Asking for more workers than the cluster has room for is refused, and writes nothing (issue 25 item 4).
+    code, _, err = srtool(*common, "--out", distributed, "--engine", "ray", "--address", cluster.address,
+                          "--workers", 3, capsys=capsys)
+    assert code == 2 and err.strip().endswith("has 2 CPUs and 0 GPUs: not enough for 3 workers of 1 CPU and 0 GPUs")
+    assert sorted(os.listdir(tmp_path)) == ["data.npz", "linear.onnx", "local.parquet"]
+
+    monkeypatch.setattr(ResultsWriter, "add", add_then_kill)
+    started = time.monotonic()
+    code, _, err = srtool(*common, "--out", distributed, "--engine", "ray", "--address", cluster.address,
+                          "--workers", 2, capsys=capsys)
+    assert code == 0, err
+    assert "2 workers" in err and "ray: worker" in err and "lost" in err, err  # the node did go
+    assert time.monotonic() - started < 60
+    table = read(distributed)[0]
+    assert rows(table) == rows(read(local)[0]) and table.column("index").to_pylist() == list(range(40))

@@ -162,10 +162,11 @@ def test_a_damaged_finished_file_is_a_clear_error_and_overwrite_keeps_it(tmp_pat
 
     fresh = ResultsWriter(out, CONFIG, overwrite=True)
     assert fresh.done_indices == set()
-    assert fresh.warnings and "set aside damaged run.parquet" in fresh.warnings[0]
-    assert (tmp_path / "run.parquet.damaged" / "run.parquet").read_bytes() == raw[:len(raw) - 20]
+    assert fresh.warnings and "run.parquet is damaged: it is set aside" in fresh.warnings[0]
+    assert out.read_bytes() == raw[:len(raw) - 20]  # not before the first new row: the run may yet be refused
     fresh.add(row(1))
     assert fresh.finish().column("index").to_pylist() == [1]
+    assert (tmp_path / "run.parquet.damaged" / "run.parquet").read_bytes() == raw[:len(raw) - 20]
 
 
 def test_a_file_that_is_not_parquet_is_never_removed(tmp_path):
