@@ -75,6 +75,7 @@ class Dataset:
         self.class_names = class_names
         self.channels: int | None = None  # set by the caller: what the model wants
         self.size: int | None = None  # set by the caller: resize-on-load edge, or None
+        self.grid = False  # set by the caller (--noise discrete): images made on load are rounded to 1/255
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,7 +87,7 @@ class Dataset:
             raw = self._read(index)
             if isinstance(raw, Decoded):
                 raw, rotated = raw
-            image = conform(raw, self.channels, self.size)
+            image = conform(raw, self.channels, self.size, self.grid)
         except UsageError:
             raise
         except PixelError as error:  # readable, but not pixels a model may see
@@ -123,9 +124,17 @@ def to_unit_chw(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def conform(image: np.ndarray, channels: int | None, size: int | None) -> np.ndarray:
-    """Match the channel count the model wants and, if asked, resize on load (shorter side, centre crop)."""
+def conform(image: np.ndarray, channels: int | None, size: int | None, grid: bool = False) -> np.ndarray:
+    """Match the channel count the model wants and, if asked, resize on load (shorter side, centre crop).
+
+    `grid` (--noise discrete): an image this makes (resized, grey from colour) is rounded to the
+    1/255 grid, and the certificate holds for the rounded image; one given off the grid is an error.
+    """
     image = to_unit_chw(image)
+    if grid and not np.array_equal(np.rint(image * 255) / np.float32(255), image):
+        raise UsageError("pixel values off the 1/255 grid: --noise discrete needs 8-bit images "
+                         "(or floats k/255); use --noise host for other data")
+    made = image
     if image.shape[0] == 4:
         image = image[:3]  # drop alpha
     if channels == 1 and image.shape[0] == 3:
@@ -142,6 +151,8 @@ def conform(image: np.ndarray, channels: int | None, size: int | None) -> np.nda
         top, left = (new_h - size) // 2, (new_w - size) // 2
         image = np.ascontiguousarray(np.moveaxis(resized[top:top + size, left:left + size], -1, 0))
         image = np.clip(image, 0.0, 1.0)
+    if grid and image is not made:
+        image = (np.rint(image * 255) / np.float32(255)).astype(np.float32)
     return image
 
 

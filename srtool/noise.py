@@ -146,3 +146,157 @@ def _work_arrays(pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         arrays = (np.empty(size), np.empty(size, np.float32), np.empty(size, np.float32))
         _scratch.arrays = arrays
     return arrays
+
+
+# -- the exact discretized Gaussian on the 8-bit grid (`--noise discrete`, docs/soundness.md) ------
+
+GRID = 255  # inputs are x_int / 255, x_int in 0..255
+TAIL_SIGMAS = 6  # the noisy image is clipped to [-T, 255 + T] grid steps, T = ceil(6·255σ)
+CDF_DIGITS = 40  # decimal digits of the CDF behind the thresholds: errors far below 2^-64
+
+
+class DiscreteTable:
+    """An exact sampler of j, the discretized Gaussian in grid steps, from one 64-bit draw each.
+
+    P(j) = Φ((j + ½)/(255σ)) − Φ((j − ½)/(255σ)), with the tails j ≤ −J and j ≥ J lumped into ±J,
+    J = 255 + T: every such j takes any pixel 0..255 past the clip bound, so the noisy image after
+    the clip is the same as with the exact j. The weights are integers w_j = C_j − C_{j−1} with
+    C_j = round(2^64·CDF(j + ½)) from a 40-digit CDF (mpmath), so they sum to 2^64 exactly and
+    each P(j) is met within 2^-64. An alias table of 2^b buckets holds them exactly in integers:
+    a draw's top b bits pick bucket i, and the draw itself against the bucket's cut picks i or its
+    alias, so P(sampled j) = w_j / 2^64 exactly.
+    """
+
+    def __init__(self, sigma: float):
+        import mpmath
+
+        self.sigma = float(sigma)
+        self.tail = int(np.ceil(TAIL_SIGMAS * GRID * self.sigma))  # T
+        self.half_width = GRID + self.tail  # J
+        size = 2 * self.half_width + 1
+        self.bits = max(1, int(size - 1).bit_length())
+        buckets = 1 << self.bits
+        with mpmath.workdps(CDF_DIGITS):
+            scale = mpmath.mpf(GRID) * mpmath.mpf(self.sigma)
+            top = mpmath.mpf(2) ** 64
+            cumulative = [0] + [int(mpmath.nint(top * mpmath.ncdf((j + mpmath.mpf(0.5)) / scale)))
+                                for j in range(-self.half_width, self.half_width)] + [1 << 64]
+        self.weights = [b - a for a, b in zip(cumulative, cumulative[1:])]  # w_j for j = -J..J
+        self.weights += [0] * (buckets - size)  # empty buckets past the table
+        capacity = (1 << 64) >> self.bits
+        cut, alias = [capacity] * buckets, list(range(buckets))
+        left = list(self.weights)
+        small = [i for i in range(buckets) if left[i] < capacity]
+        large = [i for i in range(buckets) if left[i] > capacity]
+        while small and large:  # Walker/Vose in integers: each bucket gets its own mass and one alias
+            s, l = small.pop(), large[-1]
+            cut[s], alias[s] = left[s], l
+            left[l] -= capacity - left[s]
+            if left[l] < capacity:
+                large.pop()
+                small.append(l)
+            elif left[l] == capacity:
+                large.pop()
+        # One 64-bit word per bucket: the cut (draws whose low 64-b bits lie below it keep the bucket's
+        # own j) above b bits of alias. A full bucket is written as cut capacity-1 with itself as
+        # alias, so the cut fits in 64-b bits and the last value still picks the bucket's own j.
+        self.packed = np.array([(min(cut[i], capacity - 1) << self.bits) | (alias[i] if cut[i] < capacity else i)
+                                for i in range(buckets)], dtype=np.uint64)
+
+    def probabilities(self) -> np.ndarray:
+        """The probability the table gives each j = -J..J, as float64 (exactly w_j / 2^64, rounded)."""
+        return np.array(self.weights[:2 * self.half_width + 1], dtype=np.float64) / 2.0 ** 64
+
+    def sample(self, draws: np.ndarray) -> np.ndarray:
+        """j + J (0..2J, int64) for each uint64 draw (at most DISCRETE_BLOCK); `draws` is overwritten."""
+        bucket, entry, cut, own = (array[:len(draws)] for array in _discrete_work_arrays())
+        np.right_shift(draws, np.uint64(64 - self.bits), out=bucket)
+        np.take(self.packed, bucket.view(np.int64), out=entry)
+        np.bitwise_and(draws, np.uint64((1 << (64 - self.bits)) - 1), out=draws)  # the draw within its bucket
+        np.right_shift(entry, np.uint64(self.bits), out=cut)
+        np.less(draws, cut, out=own)
+        alias = np.bitwise_and(entry, np.uint64((1 << self.bits) - 1), out=entry).view(np.int64)
+        steps = bucket.view(np.int64)
+        steps -= alias  # own ? bucket : alias, as alias + own·(bucket - alias)
+        steps *= own
+        steps += alias
+        return steps
+
+
+DISCRETE_BLOCK = 15_000  # values per step: every array under glibc's 128 KiB mmap threshold
+
+
+def _discrete_work_arrays() -> tuple[np.ndarray, ...]:
+    """This thread's bucket, table entry, cut (uint64) and keep (bool) arrays for DiscreteTable.sample."""
+    arrays = getattr(_scratch, "discrete", None)
+    if arrays is None:
+        arrays = tuple(np.empty(DISCRETE_BLOCK, dtype) for dtype in (np.uint64, np.uint64, np.uint64, bool))
+        _scratch.discrete = arrays
+    return arrays
+
+
+_tables: dict[float, DiscreteTable] = {}
+_tables_lock = threading.Lock()
+
+
+def discrete_table(sigma: float) -> DiscreteTable:
+    """The table for σ, computed once per process (a few hundred ms of mpmath)."""
+    with _tables_lock:
+        if sigma not in _tables:
+            _tables[sigma] = DiscreteTable(sigma)
+        return _tables[sigma]
+
+
+def grid_integers(clean: np.ndarray) -> np.ndarray | None:
+    """x_int (int32) with clean == float32(x_int / 255) exactly, or None when clean is off the grid."""
+    x_int = np.rint(clean.astype(np.float64) * GRID).astype(np.int32)
+    on_grid = (x_int.min(initial=0) >= 0 and x_int.max(initial=0) <= GRID
+               and np.array_equal(np.divide(x_int, np.float32(GRID), dtype=np.float32), clean))
+    return x_int if on_grid else None
+
+
+class DiscreteGaussian:
+    """Exact discretized Gaussian noise on the 1/255 grid for one input and purpose, copy by copy.
+
+    The same stream and the same fill() as Gaussian, one 64-bit draw per value (copy j starts at
+    draw j·d): the noisy value is clip(x_int + j, -T, 255 + T) / 255, the sum formed in integers
+    and divided once in float32, so the model's input is a function of the sum alone.
+    """
+
+    def __init__(self, seed: int, index: int, purpose: int):
+        self._gaussian = Gaussian(seed, index, purpose)
+
+    def fill(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
+        if not out.flags.c_contiguous:
+            raise ValueError("noise goes into a C-contiguous batch buffer")
+        x_int = grid_integers(clean)
+        if x_int is None:
+            raise ValueError("--noise discrete needs inputs on the 1/255 grid")
+        table = discrete_table(sigma)
+        copies = out.reshape(len(out), -1)
+        values = copies.shape[1]
+        x_shifted = x_int.reshape(-1) - table.half_width  # + (j + J) below gives x_int + j
+        bits = self._gaussian._at(first_copy * values)
+        # Draws run copy-major, one per value, so blocks may cut copies anywhere; the clean integers
+        # repeated past one block's length line up with a block starting at any value of a copy.
+        flat, x_repeated = copies.reshape(-1), np.tile(x_shifted, DISCRETE_BLOCK // values + 2)
+        for start in range(0, flat.size, DISCRETE_BLOCK):
+            rows = flat[start:start + DISCRETE_BLOCK]
+            noisy = table.sample(bits.random_raw(rows.size))
+            offset = start % values
+            noisy += x_repeated[offset:offset + rows.size]
+            np.clip(noisy, -table.tail, GRID + table.tail, out=noisy)
+            np.divide(noisy, np.float32(GRID), out=rows, dtype=np.float32, casting="unsafe")
+        return out
+
+
+KINDS = ("gaussian", "discrete")
+
+
+def sampler(kind: str, seed: int, index: int, purpose: int) -> Gaussian | DiscreteGaussian:
+    """The noise of one input for one purpose: "gaussian" (float Box–Muller) or "discrete"."""
+    if kind == "discrete":
+        return DiscreteGaussian(seed, index, purpose)
+    if kind != "gaussian":
+        raise ValueError(f"unknown noise sampler {kind!r}")
+    return Gaussian(seed, index, purpose)

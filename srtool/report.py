@@ -45,7 +45,9 @@ def run_label(config: dict) -> str:
     members = config.get("members")
     ensemble = f" ×{len(members)} models" if members else ""
     ensemble += f" K={config['consensus']}" if config.get("consensus") else ""
-    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}"
+    # ✓fp: the discrete sampler's radii hold in floating point (docs/soundness.md)
+    exact = " ✓fp" if config.get("noise") == "discrete" else ""
+    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}{exact}"
 
 
 def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) -> dict:
@@ -69,6 +71,7 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         "sigma": config.get("sigma"),
         "patches": config.get("patches"),
         "noise_space": config.get("noise_space"),
+        "holds_in_floating_point": config.get("noise") == "discrete",
         "n": config.get("n"),
         "inputs": count,
         "labelled": scored,
