@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 
+from . import noise
 from .errors import UsageError
 
 # A file OpenCV cannot decode becomes an error row that says so; its own WARN lines on stderr would
@@ -131,7 +132,7 @@ def conform(image: np.ndarray, channels: int | None, size: int | None, grid: boo
     1/255 grid, and the certificate holds for the rounded image; one given off the grid is an error.
     """
     image = to_unit_chw(image)
-    if grid and not np.array_equal(np.rint(image * 255) / np.float32(255), image):
+    if grid and noise.grid_integers(image) is None:
         raise UsageError("pixel values off the 1/255 grid: --noise discrete needs 8-bit images "
                          "(or floats k/255); use --noise host for other data")
     made = image
@@ -151,8 +152,8 @@ def conform(image: np.ndarray, channels: int | None, size: int | None, grid: boo
         top, left = (new_h - size) // 2, (new_w - size) // 2
         image = np.ascontiguousarray(np.moveaxis(resized[top:top + size, left:left + size], -1, 0))
         image = np.clip(image, 0.0, 1.0)
-    if grid and image is not made:
-        image = (np.rint(image * 255) / np.float32(255)).astype(np.float32)
+    if grid and image is not made:  # resized or grey: round to the grid (the metadata says so)
+        image = np.divide(np.rint(image * np.float32(255)), np.float32(255), dtype=np.float32)
     return image
 
 

@@ -247,12 +247,18 @@ def discrete_table(sigma: float) -> DiscreteTable:
         return _tables[sigma]
 
 
+GRID_TOLERANCE = 1e-4  # in grid steps: float32 k/255 however computed (k·fl(1/255) is 2e-5 off)
+
+
 def grid_integers(clean: np.ndarray) -> np.ndarray | None:
-    """x_int (int32) with clean == float32(x_int / 255) exactly, or None when clean is off the grid."""
-    x_int = np.rint(clean.astype(np.float64) * GRID).astype(np.int32)
-    on_grid = (x_int.min(initial=0) >= 0 and x_int.max(initial=0) <= GRID
-               and np.array_equal(np.divide(x_int, np.float32(GRID), dtype=np.float32), clean))
-    return x_int if on_grid else None
+    """x_int (int32, 0..255) where clean is k/255 as float32 however computed (within GRID_TOLERANCE
+    of a grid step), or None when it is off the 1/255 grid. The noisy values are made from x_int
+    alone, so which float32 spelling of k/255 the input used does not matter."""
+    steps = clean.astype(np.float64) * GRID
+    x_int = np.rint(steps)
+    if x_int.size and (x_int.min() < 0 or x_int.max() > GRID or np.abs(steps - x_int).max() > GRID_TOLERANCE):
+        return None
+    return x_int.astype(np.int32)
 
 
 class DiscreteGaussian:
