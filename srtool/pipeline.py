@@ -71,18 +71,14 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     if s.noise == "discrete" and noise.grid_integers(point) is None:
         return _error_row(item, "off the 1/255 grid, which --noise discrete needs (8-bit images and frames "
                                 "are on it)", time.perf_counter() - start)
-
-    def sampler(purpose: int):
-        return noise.sampler(s.noise, s.seed, item.index, purpose)
+    estimation = noise.sampler(s.noise, s.seed, item.index, noise.ESTIMATION)
 
     def votes(num: int, gaussian, first: int = 0) -> np.ndarray:
         return counter.count(point, offsets, num, s.sigma, gaussian, plan=plan, first_copy=first)
 
-    estimation = sampler(noise.ESTIMATION)
-
     extra, escalated_before = {}, counter.escalated
     if s.mode == "certify":
-        counts0 = votes(s.n0, sampler(noise.SELECTION))
+        counts0 = votes(s.n0, noise.sampler(s.noise, s.seed, item.index, noise.SELECTION))
         if s.sequential:
             counts, n, p_lower, extra["stop"] = _sequential(votes, estimation, int(np.argmax(counts0)),
                                                             s.sequential_test(factor))
