@@ -1,4 +1,5 @@
-"""Seeded Gaussian noise on the host.
+"""Seeded Gaussian noise on the host: float Box–Muller (Gaussian, the default) and the exact
+discretized Gaussian on the 1/255 grid (DiscreteGaussian, `--noise discrete`), one factory (sampler).
 
 Every input gets its own independent streams, derived from (seed, input index) with numpy's
 SeedSequence, so an input's noise does not depend on which inputs ran before it, on the batch size,
@@ -36,6 +37,11 @@ at a known place in the stream, and PCG64DXSM can jump there: the noise of copy 
 function of (seed, input index, purpose, j), whatever batch or sampling loop draws it, and loops
 draw their batches in parallel. The values can differ in the last float32 bits between machines
 whose numpy uses other SIMD code for log1p, cos or sin.
+
+DiscreteGaussian reads the same per-input streams, one 64-bit draw per value, and draws the grid
+step j of each pixel from an integer alias table whose weights are the exact probabilities to
+2^-64 (DiscreteTable); the noisy value is (x_int + j, clipped) / 255, formed in integers and
+divided once, so certificates hold in floating point (docs/soundness.md).
 
 ORT's CPU RandomNormal must never be used for certification: its engine has period 2^31.
 """
