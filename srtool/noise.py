@@ -12,8 +12,8 @@ and v in [0, 1), R = sqrt(-2 ln u) and θ = 2πv give two independent N(0, 1) va
 R·sin θ. It has no rejection step, so numpy's SIMD log1p/cos/sin run on whole arrays. The largest
 single cost is numpy's bit generator (about 2 ns per 64-bit draw, a function call each), so one
 draw feeds one pair: its top 40 bits give the radius, its low 24 bits the angle. Half the draws of
-two 53-bit uniforms per pair: 1.4 times faster (benchmarks/RESULTS.md), which matters because for
-small models noise is the main cost besides the model.
+two 53-bit uniforms per pair: 1.3–1.4 times faster in CPU time (benchmarks/RESULTS.md), which
+matters because for small models noise is the main cost besides the model.
 
 What the generator guarantees (docs/soundness.md quotes this):
 - u = 1 - k·2^-40 with k the draw's top 40 bits, so u lies on a grid of 2^-40 in [2^-40, 1]: the
