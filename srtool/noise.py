@@ -84,7 +84,7 @@ class Gaussian:
         copies = out.reshape(len(out), -1)
         clean = clean.reshape(-1)
         values = copies.shape[1]
-        bits = self._at(first_copy * draws_per_copy(values))
+        bits = _positioned(self._start, first_copy * draws_per_copy(values))
         if values <= SEGMENT:  # small copies: whole copies in blocks of about BLOCK values, even sizes
             blocks = -(-len(copies) // max(1, BLOCK // values))
             per_block = -(-len(copies) // blocks) if blocks else 1
@@ -99,12 +99,13 @@ class Gaussian:
                               bits.random_raw((segment.shape[1] + 1) // 2))
         return out
 
-    def _at(self, draws: int) -> np.random.PCG64DXSM:
-        """This stream's bit generator, positioned `draws` 64-bit draws after its start."""
-        bit_generator = np.random.PCG64DXSM(0)
-        bit_generator.state = self._start
-        bit_generator.advance(draws)
-        return bit_generator
+
+def _positioned(start: dict, draws: int) -> np.random.PCG64DXSM:
+    """A stream's bit generator (its state at the start), positioned `draws` 64-bit draws later."""
+    bit_generator = np.random.PCG64DXSM(0)
+    bit_generator.state = start
+    bit_generator.advance(draws)
+    return bit_generator
 
 
 def draws_per_copy(values: int) -> int:
@@ -276,7 +277,7 @@ class DiscreteGaussian:
     """
 
     def __init__(self, seed: int, index: int, purpose: int):
-        self._gaussian = Gaussian(seed, index, purpose)
+        self._start = np.random.PCG64DXSM(_seed_sequence(seed, index, purpose)).state  # Gaussian's stream
 
     def fill(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
         if not out.flags.c_contiguous:
@@ -288,7 +289,7 @@ class DiscreteGaussian:
         copies = out.reshape(len(out), -1)
         values = copies.shape[1]
         x_shifted = x_int.reshape(-1) - table.half_width  # + (j + J) below gives x_int + j
-        bits = self._gaussian._at(first_copy * values)
+        bits = _positioned(self._start, first_copy * values)
         # Draws run copy-major, one per value, so blocks may cut copies anywhere; the clean integers
         # repeated past one block's length line up with a block starting at any value of a copy.
         flat, x_repeated = copies.reshape(-1), np.tile(x_shifted, DISCRETE_BLOCK // values + 2)
