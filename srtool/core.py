@@ -435,7 +435,7 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
 
     model = models[0]
     if settings.noise == "discrete":
-        extra = {**extra, "sampler": discrete_sampler_metadata(settings.sigma, run)}
+        extra = {**extra, "sampler": discrete_sampler_metadata(settings.sigma, run, plan)}
     counter = vote_counter(run, model, graph, plan, settings, values_per_call)
     check_labels(dataset, counter.num_classes)
     config = {
@@ -470,12 +470,16 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
     return Job(run, dataset, plan, counter, settings, writer, todo, config)
 
 
-def discrete_sampler_metadata(sigma: float, run: Run) -> dict:
-    """What the results record about the discrete sampler (docs/soundness.md)."""
+def discrete_sampler_metadata(sigma: float, run: Run, plan) -> dict:
+    """What the results record about the discrete sampler (docs/soundness.md). `rounded_on_load`:
+    images resized on load (--image-size) or grey video frames, made off the grid and rounded to it."""
     from . import noise
 
     table = noise.discrete_table(sigma)
-    resized = run.kind == "images" and run.plan is not None and getattr(run.plan, "image_size", None) is not None
+    if run.kind == "images":
+        resized = run.plan is not None and getattr(run.plan, "image_size", None) is not None
+    else:
+        resized = plan.input_shape[0] == 1
     return {"kind": "discrete", "grid": noise.GRID, "clip": [-table.tail, noise.GRID + table.tail],
             "lumped_at": table.half_width, "threshold_bits": 64, "cdf_digits": noise.CDF_DIGITS,
             "rounded_on_load": resized, "radii_hold_in_floating_point": True}
@@ -522,6 +526,7 @@ def _prepare_videos(run: Run, worker: bool) -> Job:
     layout = vid.make_layout(model, spec.subvideo, spec.chunk, spec.stride, spec.reduce, spec.noise_space,
                              spec.short)
     dataset.channels, dataset.frame_hw = layout.frame_shape[0], layout.frame_shape[1:]
+    dataset.grid = run.runtime.noise == "discrete"  # grey (luma) frames: rounded to the grid
     graph = vid.sampling_graph(models, layout, run.consensus)
     # The layout, not one plan, goes to the pipeline: it gives each video the plan for its length.
     job = _launch(run, models, dataset, layout.probe, graph, settings, vid.method_tag(layout),

@@ -239,3 +239,21 @@ def test_api_refuses_off_grid_floats(make_linear):
     with pytest.raises(UsageError, match="1/255 grid"):
         smooth.certify(np.full((1, 8, 8), 0.3, np.float32), n0=10, n=20)
     assert smooth.certify(np.full((1, 8, 8), 77, np.uint8), n0=10, n=20).n == 20
+
+
+def test_grey_video_frames_are_rounded_to_the_grid(tmp_path, capsys):
+    """A one-channel video model: srtool makes luma frames (off the grid) and rounds them with
+    --noise discrete, so every video is certified and the metadata says the frames were rounded."""
+    from test_video import mlp_model, smooth_frames, write_video
+
+    model = mlp_model(tmp_path / "grey.onnx", in_shape=(1, 4, 8, 8), classes=3)
+    videos = tmp_path / "videos" / "a"
+    for i in range(2):
+        write_video(videos / f"v{i}.mp4", smooth_frames(6, 8, 8, seed=i))
+    out = tmp_path / "g.parquet"
+    code, _, err = srtool_cli("video", "--model", model, "--videos", tmp_path / "videos", "--n0", 10, "--n", 20,
+                              "--threads", 1, "--noise", "discrete", "--out", out, "--quiet", capsys=capsys)
+    assert code == 0, err
+    table, config = read(out)
+    assert config["sampler"]["rounded_on_load"] is True
+    assert table.num_rows == 2 and table.column("error").null_count == 2
