@@ -95,9 +95,10 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
     views_per_copy = plan.views_per_copy
     counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes, batch, device, threads,
                           device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
-    point = np.random.default_rng(1).random(plan.noise_shape, dtype=np.float32)
+    # A point on the 1/255 grid, as 8-bit images are (the discrete sampler needs it).
+    point = (np.random.default_rng(1).integers(0, 256, plan.noise_shape) / np.float32(255)).astype(np.float32)
     offsets = plan.dense_offsets
-    gaussian = noise.Gaussian(0, 0, noise.ESTIMATION)
+    gaussian = noise.sampler("discrete" if noise_mode == "discrete" else "gaussian", 0, 0, noise.ESTIMATION)
     # Eight batches per sampling loop and count: like a long certification, where the loops are
     # rarely idle at the start or the end of an input (at n=100,000 and batch 1000, 50 each).
     copies_per_call = min(PAPER_N, CALLS_PER_LOOP * batch * counter.loops)

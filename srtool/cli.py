@@ -44,10 +44,12 @@ def run_options(inputs: str) -> list:
                      help=f"Seed of the per-{inputs} noise streams; same seed, same results."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
-        click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host",
+        click.option("--noise", "noise_mode", type=click.Choice(["host", "device", "discrete"]), default="host",
                      show_default=True,
-                     help="Draw noise on the host (per-input seeded streams) or inside the graph on "
-                          "the GPU (CUDA only; reproducible per run, not across resumes)."),
+                     help="Draw noise on the host (per-input seeded streams), inside the graph on "
+                          "the GPU (CUDA only; reproducible per run, not across resumes), or 'discrete': "
+                          "exact Gaussian on the 1/255 grid, radii that hold in floating point "
+                          "(8-bit inputs, --noise-space input; docs/soundness.md)."),
         click.option("--threads", type=int, default=0, show_default=True,
                      help="CPU sampling loops, one ONNX Runtime thread each (0 = one per core)."),
         click.option("--skip", type=int, default=1, show_default=True,
@@ -472,7 +474,8 @@ def _show_table(path, errors_only: bool = False, results=None) -> None:
 @click.option("--sampling", type=click.Choice(["dense", "random"]), default="dense", show_default=True)
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input", show_default=True)
-@click.option("--noise", "noise_mode", type=click.Choice(["host", "device"]), default="host", show_default=True)
+@click.option("--noise", "noise_mode", type=click.Choice(["host", "device", "discrete"]), default="host",
+              show_default=True)
 @click.option("--denoiser", type=click.Path(), default=None, help="A Gaussian denoiser in front (docs/denoised.md).")
 @click.option("--diffusion", type=click.Path(), default=None, is_flag=False,
               flag_value=str(core.asset(core.DEFAULT_DIFFUSION)),

@@ -42,6 +42,7 @@ DEFAULT_DIFFUSION = "fmnist_ddpm.onnx"
 DEMO_SIGMA = 0.25
 # n for the shipped data (the default image run takes about 16 s on 2 cores, the video demo about
 # 20 s) and for the user's own (Cohen et al.'s n for images, the paper's video setting).
+NOISE_MODES = ("host", "device", "discrete")  # --noise
 DEMO_N = {"images": 1000, "videos": 500}
 PAPER_N = {"images": 100_000, "videos": 1000}
 DEFAULT_N0 = {"images": 100, "videos": 10}
@@ -230,7 +231,7 @@ class Runtime:
     """Where and how fast: none of it changes a number in the table."""
     batch: int | str = "auto"  # noisy copies per ONNX Runtime call
     device: str = "auto"
-    noise: str = "host"  # or "device": drawn inside the graph on the GPU
+    noise: str = "host"  # or "device": drawn inside the graph on the GPU; "discrete": exact on the 1/255 grid
     threads: int = 0  # CPU sampling loops (0: one per core)
     engine: str = "local"  # or "ray"
     address: str | None = None
@@ -248,7 +249,7 @@ class Runtime:
         check(self.batch == "auto" or self.batch >= 1,
               "--batch must be a positive integer or 'auto'")
         _choice(self.device, DEVICES, "--device")
-        _choice(self.noise, ("host", "device"), "--noise")
+        _choice(self.noise, NOISE_MODES, "--noise")
         _whole(self.threads, "--threads")
         check(self.threads >= 0, "--threads must be 0 (automatic) or more")
         check(self.threads <= MAX_THREADS, f"--threads must be at most {MAX_THREADS:,} (0: one per core)")
@@ -463,9 +464,13 @@ def settings_for(run: Run, model):
     check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
     n = s.n if s.n is not None else (DEMO_N if run.demo else PAPER_N)[run.kind]
     n0 = (s.n0 if s.n0 is not None else DEFAULT_N0[run.kind]) if s.mode == "certify" else 0
+    space = run.plan.noise_space if run.plan is not None else "input"
+    check(run.runtime.noise != "discrete" or space == "input",
+          f"--noise discrete draws on the input's 1/255 grid: use --noise-space input, not {space}")
     return Settings(mode=s.mode, sigma=float(sigma), alpha=float(s.alpha), n0=n0, n=n, seed=int(s.seed),
                     sequential=s.sequential, radii=s.radii, tolerance=float(s.tolerance),
-                    sequential_method=s.sequential_method)
+                    sequential_method=s.sequential_method,
+                    noise="discrete" if run.runtime.noise == "discrete" else "gaussian")
 
 
 def sigma_warnings(sigma: float, trained_sigma: float | None) -> list[str]:
@@ -544,7 +549,7 @@ def default_out(run: Run, models: list, settings, method: str, input_shape) -> P
     """runs/<model>-<mode>-sigma<σ>-<method>-n<n>-<size>[-<noise>].parquet: every setting that
     usually differs between runs of one model is in the name, so two runs rarely collide."""
     size = "x".join(map(str, input_shape[-2:]))
-    noise = "-device-noise" if run.runtime.noise == "device" else ""
+    noise = f"-{run.runtime.noise}-noise" if run.runtime.noise != "host" else ""
     sequential = ""
     if settings.sequential:
         sequential = f"-seq-{settings.sequential_method}" + (
@@ -562,6 +567,8 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
     from .results import ResultsWriter
 
     model = models[0]
+    if settings.noise == "discrete":
+        extra = {**extra, "sampler": discrete_sampler_metadata(settings.sigma, run, plan)}
     counter = vote_counter(run, model, graph, plan, settings, values_per_call)
     check_labels(dataset, counter.num_classes)
     config = {
@@ -603,6 +610,21 @@ GREY_TO_RGB = ("copied to 3 channels before the noise: radii hold for the 3-chan
                "grey image alone is certified up to radius/√3")
 
 
+def discrete_sampler_metadata(sigma: float, run: Run, plan) -> dict:
+    """What the results record about the discrete sampler (docs/soundness.md). `rounded_on_load`:
+    images resized on load (--image-size) or grey video frames, made off the grid and rounded to it."""
+    from . import noise
+
+    table = noise.discrete_table(sigma)
+    if run.kind == "images":
+        resized = run.plan is not None and getattr(run.plan, "image_size", None) is not None
+    else:
+        resized = plan.input_shape[0] == 1
+    return {"kind": "discrete", "grid": noise.GRID, "clip": [-table.tail, noise.GRID + table.tail],
+            "lumped_at": table.half_width, "threshold_bits": 64, "cdf_digits": noise.CDF_DIGITS,
+            "rounded_on_load": resized, "radii_hold_in_floating_point": True}
+
+
 def _prepare_images(run: Run, worker: bool) -> Job:
     from .data import align_labels, open_images, stored_channels
     from .graph import sampling_graph
@@ -616,6 +638,7 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     model_shape = image_model_shape(model)
     dataset.channels = model_shape[0] if model_shape else None
     dataset.size = spec.image_size
+    dataset.grid = run.runtime.noise == "discrete"  # resized or grey-converted images: rounded to the grid
     # The run's input shape: the first readable image, converted as the model and options ask.
     first, tried = None, []
     for i in range(min(len(dataset), 32)):
@@ -668,6 +691,7 @@ def _prepare_videos(run: Run, worker: bool) -> Job:
     layout = vid.make_layout(model, spec.subvideo, spec.chunk, spec.stride, spec.reduce, spec.noise_space,
                              spec.short)
     dataset.channels, dataset.frame_hw = layout.frame_shape[0], layout.frame_shape[1:]
+    dataset.grid = run.runtime.noise == "discrete"  # grey (luma) frames: rounded to the grid
     graph = vid.sampling_graph(models, layout, run.consensus)
     # The layout, not one plan, goes to the pipeline: it gives each video the plan for its length.
     job = _launch(run, models, dataset, layout.probe, graph, settings, vid.method_tag(layout),

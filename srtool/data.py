@@ -38,6 +38,7 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 
+from . import noise
 from .errors import UsageError, shown
 
 # A file OpenCV cannot decode becomes an error row that says so; its own WARN lines on stderr would
@@ -81,6 +82,7 @@ class Dataset:
         self.channels: int | None = None  # set by the caller: what the model wants
         self.size: int | None = None  # set by the caller: resize-on-load edge, or None
         self.in_memory = False  # arrays from Python: `source` names them, it is no path
+        self.grid = False  # set by the caller (--noise discrete): images made on load are rounded to 1/255
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -92,7 +94,7 @@ class Dataset:
             raw = self._read(index)
             if isinstance(raw, Decoded):
                 raw, rotated = raw
-            image = conform(raw, self.channels, self.size)
+            image = conform(raw, self.channels, self.size, self.grid)
         except UsageError:
             raise
         except PixelError as error:  # readable, but not pixels a model may see
@@ -129,9 +131,17 @@ def to_unit_chw(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def conform(image: np.ndarray, channels: int | None, size: int | None) -> np.ndarray:
-    """Match the channel count the model wants and, if asked, resize on load (shorter side, centre crop)."""
+def conform(image: np.ndarray, channels: int | None, size: int | None, grid: bool = False) -> np.ndarray:
+    """Match the channel count the model wants and, if asked, resize on load (shorter side, centre crop).
+
+    `grid` (--noise discrete): an image this makes (resized, grey from colour) is rounded to the
+    1/255 grid, and the certificate holds for the rounded image; one given off the grid is an error.
+    """
     image = to_unit_chw(image)
+    if grid and noise.grid_integers(image) is None:
+        raise UsageError("pixel values off the 1/255 grid: --noise discrete needs 8-bit images "
+                         "(or floats k/255); use --noise host for other data")
+    made = image
     if image.shape[0] == 4:
         image = image[:3]  # drop alpha
     if channels == 1 and image.shape[0] == 3:
@@ -148,6 +158,8 @@ def conform(image: np.ndarray, channels: int | None, size: int | None) -> np.nda
         top, left = (new_h - size) // 2, (new_w - size) // 2
         image = np.ascontiguousarray(np.moveaxis(resized[top:top + size, left:left + size], -1, 0))
         image = np.clip(image, 0.0, 1.0)
+    if grid and image is not made:  # resized or grey: round to the grid (the metadata says so)
+        image = np.divide(np.rint(image * np.float32(255)), np.float32(255), dtype=np.float32)
     return image
 
 

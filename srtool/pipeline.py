@@ -40,6 +40,7 @@ class Settings:
     radii: tuple[float, ...] | None = None  # sequential: decide these radii (None: estimate the radius)
     tolerance: float = 0.02
     sequential_method: str = "union"
+    noise: str = "gaussian"  # the host sampler (noise.KINDS): "discrete" is exact on the 1/255 grid
 
     def sequential_test(self, factor: float) -> SequentialTest:
         return SequentialTest(alpha=self.alpha, budget=self.n, sigma=self.sigma, factor=factor, radii=self.radii,
@@ -67,14 +68,17 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
     offsets = plan.offsets(s.seed, item.index)
     point = plan.noise_point(item.image, offsets)
     factor = plan.radius_factor(offsets)
-    estimation = noise.Gaussian(s.seed, item.index, noise.ESTIMATION)
+    if s.noise == "discrete" and noise.grid_integers(point) is None:
+        return _error_row(item, "off the 1/255 grid, which --noise discrete needs (8-bit images and frames "
+                                "are on it)", time.perf_counter() - start)
+    estimation = noise.sampler(s.noise, s.seed, item.index, noise.ESTIMATION)
 
-    def votes(num: int, gaussian: noise.Gaussian, first: int = 0) -> np.ndarray:
+    def votes(num: int, gaussian, first: int = 0) -> np.ndarray:
         return counter.count(point, offsets, num, s.sigma, gaussian, plan=plan, first_copy=first)
 
     extra, escalated_before = {}, counter.escalated
     if s.mode == "certify":
-        counts0 = votes(s.n0, noise.Gaussian(s.seed, item.index, noise.SELECTION))
+        counts0 = votes(s.n0, noise.sampler(s.noise, s.seed, item.index, noise.SELECTION))
         if s.sequential:
             counts, n, p_lower, extra["stop"] = _sequential(votes, estimation, int(np.argmax(counts0)),
                                                             s.sequential_test(factor))
@@ -99,7 +103,7 @@ def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -
             **({"rotated": True} if item.rotated else {})}
 
 
-def _sequential(votes, estimation: noise.Gaussian, selected: int, test: SequentialTest):
+def _sequential(votes, estimation, selected: int, test: SequentialTest):
     """Estimation copies in rounds up to the test's checkpoints, until its rule stops: (counts,
     copies drawn, the anytime-valid lower bound on p_selected, why it stopped)."""
     counts, drawn = None, 0

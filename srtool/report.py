@@ -57,7 +57,9 @@ def run_label(config: dict) -> str:
     if stage:
         ensemble += f" + DDS t={stage['timestep']}" if stage["kind"] == "diffusion" else " + denoiser"
     mode = " predict" if config.get("command") == "predict" else " sequential" if config.get("sequential") else ""
-    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}{mode}"
+    # ✓fp: the discrete sampler's radii hold in floating point (docs/soundness.md)
+    exact = " ✓fp" if config.get("noise") == "discrete" else ""
+    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}{exact}{mode}"
 
 
 def max_radius(config: dict, factor: float | None = None) -> float | None:
@@ -92,6 +94,7 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         "alpha": config.get("alpha"),
         "patches": config.get("patches"),
         "noise_space": config.get("noise_space"),
+        "holds_in_floating_point": config.get("noise") == "discrete",
         "n": config.get("n"),
         "inputs": count,
         "labelled": scored,

@@ -206,7 +206,10 @@ class VideoDataset(Dataset):
         self.channels = 3
 
     def _read(self, index: int) -> np.ndarray:
-        return read_video(self.paths[index], self.frame_hw, self.channels or 3)
+        video = read_video(self.paths[index], self.frame_hw, self.channels or 3)
+        if self.grid and (self.channels or 3) == 1:  # --noise discrete: grey frames (luma) onto the 1/255 grid
+            video = np.divide(np.rint(video * np.float32(255)), np.float32(255), dtype=np.float32)
+        return video
 
     def __getitem__(self, index: int) -> Item:
         path = self.paths[index]

@@ -76,14 +76,16 @@ def reduced_normal(plan: Plan, w_view: np.ndarray) -> np.ndarray:
     return total.ravel() / plan.patches
 
 
-def run_trials(model_path, plan: Plan, w_input: np.ndarray, bias: float, seed: int, factor_scale=1.0):
-    """Certify TRIALS inputs at known distances; return (false certificates, certified count)."""
+def run_trials(model_path, plan: Plan, w_input: np.ndarray, bias: float, seed: int, factor_scale=1.0,
+               noise: str = "gaussian"):
+    """Certify TRIALS inputs at known distances; return (false certificates, certified count).
+    With noise="discrete" each input is rounded to the 1/255 grid and its distance measured after."""
     model = load_model(model_path)
     counter = VoteCounter(sampling_graph(model, plan), plan, 2, batch=N, device="cpu", threads=1)
     if factor_scale != 1.0:  # simulate the uncorrected radius the paper's code would report
         original = plan.radius_factor
         object.__setattr__(plan, "radius_factor", lambda offsets: original(offsets) * factor_scale)
-    settings = Settings("certify", SIGMA, ALPHA, N0, N, seed)
+    settings = Settings("certify", SIGMA, ALPHA, N0, N, seed, noise=noise)
     rng = np.random.default_rng(seed)
     unit = w_input / np.linalg.norm(w_input)
     false, certified = 0, 0
@@ -93,6 +95,8 @@ def run_trials(model_path, plan: Plan, w_input: np.ndarray, bias: float, seed: i
         base -= unit * (w_input @ base + bias) / np.linalg.norm(w_input)
         distance = rng.choice([0.05, 0.25, 0.5, 1.0]) * SIGMA * rng.choice([-1, 1])
         x = (base + distance * unit).reshape(1, SIDE, SIDE).astype(np.float32)
+        if noise == "discrete":
+            x = (np.rint(np.clip(x, 0, 1) * 255) / np.float32(255)).astype(np.float32)
         true_class = 0 if w_input @ x.ravel() + bias > 0 else 1
         truth = abs(w_input @ x.ravel() + bias) / np.linalg.norm(w_input)
         row = evaluate(Item(trial, true_class, x), plan, counter, settings)
@@ -170,3 +174,22 @@ def test_guard_factors_are_not_one(space):
     """Both corrected spaces carry a factor below one for the paper's CIFAR plan (32→36, 4 crops)."""
     plan = Plan((3, 32, 32), (32, 32), (36, 36), patches=4, noise_space=space)
     assert plan.radius_factor(plan.dense_offsets) < 0.9
+
+
+@pytest.mark.parametrize("k,crops", [(1, False), (4, False), (4, True)])
+def test_discrete_noise_never_overclaims(make_linear, k, crops):
+    """--noise discrete, input space: the smoothed classifier of f∘q. For x on the grid its votes are
+    f(x + q(z)), q(z) symmetric, so on grid points its boundary is still the plane, and the wider
+    spread of q(z) (σ² + 1/12 step²) only lowers p_A: the distance to the plane stays the reference."""
+    if crops:  # Smooth-Mean over k distinct crops of the resized image: linear in x
+        plan = Plan((1, SIDE, SIDE), (5, 5), (8, 8), patches=k, reduce="mean", noise_space="input")
+        w_view = np.random.default_rng(30 + k).standard_normal(25)
+    else:  # k identical views of the whole image
+        plan = Plan((1, SIDE, SIDE), (SIDE, SIDE), (SIDE, SIDE), patches=k, reduce="mean", noise_space="input")
+        w_view = tightest_view_normal(SIDE, SIDE)
+    weights, biases = two_class(w_view, 0.2)
+    path = make_linear(weights, biases, (1, *plan.patch_hw))
+    false, certified = run_trials(path, plan, reduced_normal(plan, w_view), 0.2, seed=300 + k + crops,
+                                  noise="discrete")
+    assert certified >= TRIALS // 3
+    assert false <= allowed_failures()
