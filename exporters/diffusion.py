@@ -213,6 +213,8 @@ def _export_program(job: Export):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        # x and t share the batch Dim; the exporter notes that it merged the two names.
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
         try:
             return torch.onnx.export(
                 job.model, tuple(job.inputs.values()), None, dynamo=True, verbose=False,
@@ -450,15 +452,16 @@ def configure(args: argparse.Namespace) -> tuple[dict, DiffusionSpec]:
     preset = PRESETS[args.preset]
     unet, spec = dict(preset.unet), preset.spec
     size = args.image_size or unet["image_size"]
-    if args.image_size:
-        unet["image_size"] = size
-        unet["channel_mult"] = _safe(default_channel_mult, size)
-        unet["attention_resolutions"] = attention_rates(size, ",".join(
-            str(preset.unet["image_size"] // r) for r in preset.unet["attention_resolutions"]))
+    unet["image_size"] = size
     if args.channel_mult:
         unet["channel_mult"] = tuple(_safe(float, v) for v in args.channel_mult.split(","))
-    if args.attention_resolutions:
-        unet["attention_resolutions"] = _safe(attention_rates, size, args.attention_resolutions)
+    elif args.image_size:
+        unet["channel_mult"] = _safe(default_channel_mult, size)
+    # attention_resolutions are feature-map sizes: the preset's sizes carry over to another
+    # image_size unless given.
+    resolutions = args.attention_resolutions or ",".join(
+        str(preset.unet["image_size"] // r) for r in preset.unet["attention_resolutions"])
+    unet["attention_resolutions"] = _safe(attention_rates, size, resolutions)
     for flag, key in (("num_channels", "model_channels"), ("num_res_blocks", "num_res_blocks"),
                       ("num_heads", "num_heads"), ("num_head_channels", "num_head_channels"),
                       ("num_heads_upsample", "num_heads_upsample"),

@@ -249,7 +249,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8, help="passes over the 60,000 training images")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+    p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights")
     p.add_argument("--t-max", type=int, default=STEPS,
                    help="train on t uniform in [0, t-max); 1000 = all steps (the standard recipe)")
     p.add_argument("--train-images", type=int, default=60_000,
