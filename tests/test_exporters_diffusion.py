@@ -202,7 +202,7 @@ def test_export_tiny_checkpoint(layout, tmp_path, capsys):
     out = tmp_path / "unet.onnx"
     code, stdout, err = run(diffusion, [ckpt, "--preset", TINY[layout][0], *flags, "-o", out], capsys)
     assert code == 0, err
-    assert stdout.count("-> ok") == len(diffusion.PARITY_SIGMAS) and "(strict)" in stdout
+    assert stdout.count("-> ok") == len(diffusion.PARITY_SIGMAS) and "strict)" in stdout
 
     meta = metadata(out)
     assert meta["srtool.kind"] == "diffusion" and meta["srtool.input_shape"] == "3,8,8"
