@@ -268,7 +268,11 @@ def export_and_check(job: Export, out: Path, force: bool = False) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         staged = Path(tmp) / out.name
-        program.save(staged)   # above 2 GB: weights to <name>.data beside it
+        # One file unless the weights approach protobuf's 2 GB limit (64 MiB left for the graph);
+        # then they go to <name>.data beside it.
+        weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                           if v.const_value is not None)
+        program.save(staged, external_data=weight_bytes >= PROTOBUF_LIMIT - 2 ** 26)
         side = sorted(p for p in Path(tmp).iterdir() if p != staged)
         _check(staged, job)
         results = []

@@ -236,6 +236,25 @@ def test_export_tiny_checkpoint(layout, tmp_path, capsys):
     assert np.abs(other - got).max() > 100 * RTOL * np.abs(want).max()
 
 
+def test_large_model_gets_its_weights_beside_it(tmp_path, monkeypatch, capsys):
+    """Above protobuf's limit (ADM in float32 is 2.2 GB) the weights go to <name>.onnx.data; the
+    limit is lowered here so that a toy model takes that path."""
+    monkeypatch.setattr(diffusion, "PROTOBUF_LIMIT", 2 ** 26 + 1)
+    net = randomize(nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.Conv2d(64, 1, 3, padding=1)), 4)
+    out = tmp_path / "big.onnx"
+    job = diffusion.denoiser_job(net, (1, 8, 8), {}, sigmas=(0.25,))
+    summary = diffusion.export_and_check(job, out)
+    assert summary["ok"] and summary["external_data"] == ["big.onnx.data"]
+    assert "keep the files together" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    proto = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.abs(ort_run(out, {"input": x}) - want).max() <= RTOL * np.abs(want).max()
+
+
 def test_checkpoint_of_the_other_layout_is_refused(tmp_path, capsys):
     net, _, _ = tiny_unet("improved")
     ckpt = tmp_path / "improved.pt"
