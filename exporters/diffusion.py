@@ -23,7 +23,8 @@ its weights in `<name>.onnx.data` beside it, said out loud), onnx.checker, and a
 ONNX Runtime against torch on the inputs the model really receives inside srtool: clean images
 plus Gaussian noise at a few σ, so values outside [0, 1], and for a UNet exactly srtool's one-shot
 input x_t = √ᾱ·(2(x+δ)−1) at the step t* of each σ. Nothing is written unless the check passes
-(`--force` writes anyway, exit code 1). Bad input is one `error:` line with exit code 2.
+(`--force` writes anyway); a failed check exits with code 1. Bad input is one `error:` line with
+exit code 2.
 
 The UNet itself is exporters/archs/unet.py; the presets below are the published flags of the two
 checkpoints srtool's docs name (the repos' model_and_diffusion_defaults plus the flags their READMEs
@@ -257,8 +258,9 @@ def _onnx_outputs(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def export_and_check(job: Export, out: Path, force: bool = False) -> dict:
     """Export, describe, check and verify; write `out` (and its .data file if any) only on success.
 
-    Returns a summary (size, external data, parity per case). Raises ExportError on bad input or a
-    failed parity check (unless force: then the file is written and summary["ok"] is False).
+    Returns a summary: ok (parity passed), written, parity per case, size and external data files.
+    A failed parity check prints one error line and writes nothing, unless force. Raises
+    ExportError on bad input.
     """
     model = job.model.eval()
     program = _export_program(job)
@@ -282,8 +284,12 @@ def export_and_check(job: Export, out: Path, force: bool = False) -> dict:
             results.append(compare(label, reference, _onnx_outputs(staged, feeds)))
             info(results[-1].line())
         ok = all(r.ok for r in results)
-        if not ok and not force:
-            raise ExportError(f"parity check failed; {out} not written (--force writes it anyway)")
+        summary = {"path": str(out), "ok": ok, "written": ok or force,
+                   "parity": {r.label: {"max_abs": r.max_abs, "scale": r.scale} for r in results}}
+        if not summary["written"]:
+            print(f"error: parity check failed; {out} not written (--force writes it anyway)",
+                  file=sys.stderr)
+            return summary
         for stale in (out, out.with_name(out.name + ".data")):
             stale.unlink(missing_ok=True)
         for path in side:
@@ -295,8 +301,8 @@ def export_and_check(job: Export, out: Path, force: bool = False) -> dict:
              f"(over protobuf's 2 GB limit for one file: keep the files together)")
     else:
         info(f"wrote {out} ({size:.1f} MiB, weights embedded; onnx.checker passed)")
-    return {"path": str(out), "bytes": out.stat().st_size, "external_data": [p.name for p in side],
-            "ok": ok, "parity": {r.label: {"max_abs": r.max_abs, "scale": r.scale} for r in results}}
+    summary.update(bytes=out.stat().st_size, external_data=[p.name for p in side])
+    return summary
 
 
 def noisy_images(rng: np.random.Generator, batch: int, shape: Sequence[int], sigma: float) -> np.ndarray:

@@ -374,6 +374,20 @@ def test_factory_eps_model_and_refusals(toys, tmp_path, capsys):
     one_line_error(code, err, "decreasing")
 
 
+def test_parity_failure_exits_1_and_writes_nothing(toys, tmp_path, capsys, monkeypatch):
+    def broken(label, reference, got):   # as if ONNX Runtime computed something else
+        return diffusion.Parity(label, 1.0, float(np.abs(reference).max()), 1e-3)
+    monkeypatch.setattr(diffusion, "compare", broken)
+    out = tmp_path / "eps.onnx"
+    args = ["--kind", "diffusion", "--factory", f"{toys}:Eps", "--input-shape", "1,12,12",
+            "--schedule", "cosine", "--steps", "100", "-o", out]
+    code, stdout, err = run(factory, args, capsys)
+    assert code == 1 and "FAILED" in stdout and "not written" in err
+    assert list(tmp_path.iterdir()) == [tmp_path / "toys.py"]   # no file, no staging folder left
+    code, _, err = run(factory, [*args, "--force"], capsys)
+    assert code == 1 and out.exists()
+
+
 def test_attention_rates():
     assert attention_rates(256, "32,16,8") == (8, 16, 32)
     assert attention_rates(32, [16, 8]) == (2, 4)
