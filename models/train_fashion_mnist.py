@@ -11,6 +11,9 @@ make Smooth-Reduce look worse than it is (DESIGN.md section 7).
 The exported ONNX graph takes float32 N x 1 x 28 x 28 in [0,1] pixel units and returns N x 10 raw
 logits. Normalization lives inside the graph, because sigma is defined in [0,1] pixel space.
 
+`--sigma 0` trains the same network without noise, the off-the-shelf classifier of the denoising
+demo (srtool/assets/fmnist_cnn_clean.onnx, models/fmnist_cnn_clean.md); it records no srtool.sigma.
+
 Only torch, numpy and onnx/onnxruntime are used (no torchvision). Example:
 
     python models/train_fashion_mnist.py --sigma 0.25 --epochs 30 --threads 1 \
@@ -299,6 +302,23 @@ def train(args) -> tuple[nn.Module, dict]:
 # --------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------
+def model_props(sigma: float) -> dict[str, str]:
+    """srtool metadata. A model trained without noise (--sigma 0) records no srtool.sigma: srtool
+    takes that key as the default noise level, and 0 is no noise level to certify at."""
+    props = {"srtool.input_shape": "1,28,28", "srtool.classes": json.dumps(CLASSES)}
+    if sigma > 0:
+        props["srtool.sigma"] = f"{sigma:.2f}"
+    props.update({"srtool.dataset": "fashion-mnist", "srtool.arch": ARCH})
+    return props
+
+
+def model_doc(sigma: float) -> str:
+    trained = (f"trained with Gaussian noise sigma={sigma:.2f} in [0,1] pixel space" if sigma > 0
+               else "trained without noise augmentation")
+    return (f"Fashion-MNIST CNN ({ARCH}) {trained}; input float32 Nx1x28x28 in [0,1]; "
+            "output Nx10 logits.")
+
+
 def export_onnx(model: nn.Module, out: Path, sigma: float, data_dir: Path = DATA_DIR) -> dict:
     """Export to one self-contained ONNX file (opset 17, dynamic batch) and check it against torch."""
     import onnx
@@ -315,16 +335,8 @@ def export_onnx(model: nn.Module, out: Path, sigma: float, data_dir: Path = DATA
                       do_constant_folding=True)
 
     proto = onnx.load(str(out))
-    props = {
-        "srtool.input_shape": "1,28,28",
-        "srtool.classes": json.dumps(CLASSES),
-        "srtool.sigma": f"{sigma:.2f}",
-        "srtool.dataset": "fashion-mnist",
-        "srtool.arch": ARCH,
-    }
-    onnx.helper.set_model_props(proto, props)
-    proto.doc_string = (f"Fashion-MNIST CNN ({ARCH}) trained with Gaussian noise sigma={sigma:.2f} "
-                        "in [0,1] pixel space; input float32 Nx1x28x28 in [0,1]; output Nx10 logits.")
+    onnx.helper.set_model_props(proto, model_props(sigma))
+    proto.doc_string = model_doc(sigma)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(out), save_as_external_data=False)
     if out.with_name(out.name + ".data").exists():
