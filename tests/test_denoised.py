@@ -331,3 +331,18 @@ def test_python_api_takes_the_same_stage(tmp_path, prototype_run):
     row = results.table.to_pylist()[1]
     assert (cert.label, cert.count, list(cert.counts)) == (row["predict"], row["count"], row["counts"])
     assert results.config["denoiser"]["timestep"] == 259
+
+
+def test_discrete_noise_feeds_the_denoiser(tmp_path, prototype_run, capsys):
+    """--noise discrete (radii that hold in floating point) with a UNet in front: the stage sees the
+    exact grid noise like any base classifier; the metadata records both."""
+    model, data = prototype_run(2)
+    unet = tiny_unet(tmp_path / "unet.onnx", 28)
+    out = tmp_path / "discrete.parquet"
+    code, _, err = srtool("certify", "--model", model, "--images", data, "--diffusion", unet, "--sigma", 0.25,
+                          "--noise", "discrete", "--n0", 10, "--n", 50, "--threads", 1, "--quiet", "--out", out,
+                          capsys=capsys)
+    assert code == 0, err
+    table, config = read(out)
+    assert config["noise"] == "discrete" and config["denoiser"]["timestep"] == 145
+    assert all(e is None for e in table.column("error").to_pylist())
