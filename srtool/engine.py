@@ -324,6 +324,14 @@ class VoteCounter:
         return device_votes.numpy().copy(), [value.numpy().copy() for value in escalated]
 
     # -- one input, on its own -----------------------------------------------------------------------
+    def votes(self, noisy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The graph's votes on a batch of noisy copies of one input with patch positions `offsets`
+        (checks and tools; runs are made of run_call's calls)."""
+        feeds = {NOISY: noisy}
+        if self._feeds_offsets:
+            feeds[OFFSETS] = np.repeat(offsets[None], len(noisy), axis=0) if self._offsets_per_copy else offsets
+        return self.session.run([VOTES], feeds)[0]
+
     def count(self, point: np.ndarray, offsets: np.ndarray, num: int, sigma: float,
               gaussian: noise.Gaussian, plan=None, first_copy: int = 0) -> np.ndarray:
         """Votes per class over noisy copies first_copy … first_copy+num-1 of `gaussian`: point + sigma·z.

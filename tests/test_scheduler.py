@@ -56,3 +56,111 @@ def test_golden_tables_at_any_batch_loops_and_inputs_in_flight(case, tmp_path, m
         assert config["copies"] == copies and config["calls"] >= copies / batch
         if in_flight > 1 and batch < 100:  # several inputs share calls: every call but the last few is full
             assert config["calls"] <= copies // batch + in_flight + 2, config["calls"]
+
+
+@pytest.fixture
+def linear_counter(make_linear):
+    def make(batch: int, loops: int, in_flight: int, plan=None):
+        rng = np.random.default_rng(0)
+        model = load_model(make_linear(rng.standard_normal((36, 3)), np.zeros(3), (1, 6, 6)))
+        plan = plan or Plan((1, 6, 6), (6, 6), (6, 6))
+        return plan, VoteCounter(sampling_graph(model, plan), plan, 3, batch, "cpu", threads=loops,
+                                 in_flight=in_flight)
+    return make
+
+
+def test_segments_cover_every_requested_copy_once_in_full_calls(linear_counter):
+    """Tasks asking for rounds of odd sizes: every copy of every request goes to exactly one call,
+    calls never exceed the batch, at most `in_flight` inputs are open, a call is less than full only
+    when no other runs, and each request's counts equal a count of that request alone."""
+    plan, counter = linear_counter(batch=50, loops=2, in_flight=4)
+    calls, open_inputs = [], set()
+    run_call = counter.run_call
+
+    def recording(segments, sigma, loop):
+        calls.append([(id(r.source), r.gaussian, first, copies) for r, first, copies in segments])
+        return run_call(segments, sigma, loop)
+
+    counter.run_call = recording
+    rng = np.random.default_rng(1)
+    points = [rng.random((1, 6, 6), dtype=np.float32) for _ in range(9)]
+    rounds = [[7, 120, 3], [50], [1, 1, 1, 99], [64, 64], [13], [200, 7], [3, 3], [77], [49, 2]]
+    got = {}
+
+    def task(i):
+        source = Source(points[i], plan.dense_offsets, plan)
+        open_inputs.add(i)
+        assert len(open_inputs) <= 4
+        gaussian, first = noise.Gaussian(0, i, noise.ESTIMATION), 0
+        for size in rounds[i]:
+            got[i, first] = (yield Request(source, gaussian, first, size)).copy()
+            first += size
+        open_inputs.discard(i)
+        return i
+
+    finished = list(Scheduler(counter, 0.5).results(task(i) for i in range(9)))
+    assert sorted(finished) == list(range(9))
+    covered: dict = {}
+    for call in calls:
+        assert 1 <= sum(copies for *_, copies in call) <= 50
+        for source, gaussian, first, copies in call:
+            covered.setdefault(gaussian, []).append((first, copies))
+    assert counter.calls == len(calls) and counter.copies == sum(map(sum, rounds))
+    assert sum(copies for *_, copies in calls[0]) == 50 and len(calls) <= sum(map(sum, rounds)) // 50 + 9
+    for spans in covered.values():
+        spans.sort()
+        assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))  # no gap, no overlap
+    counter.run_call = run_call
+    for (i, first), counts in got.items():
+        size = rounds[i][[sum(rounds[i][:k]) for k in range(len(rounds[i]))].index(first)]
+        alone = counter.count(points[i], plan.dense_offsets, size, 0.5, noise.Gaussian(0, i, noise.ESTIMATION),
+                              first_copy=first)
+        assert np.array_equal(counts, alone) and counts.sum() == size
+    counter.close()
+
+
+def _extra_rows_model(path) -> str:
+    """Logits of a 2-class linear model, plus one extra row whenever the batch is odd."""
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+             helper.make_node("Shape", ["logits"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["rows"]),
+             helper.make_node("Mod", ["rows", "two"], ["extra"]),
+             helper.make_node("Slice", ["logits", "zero", "extra"], ["more"]),
+             helper.make_node("Concat", ["logits", "more"], ["out"], axis=0)]
+    inits = [helper.make_tensor("W", TensorProto.FLOAT, [16, 2], np.ones(32, np.float32) / 16),
+             helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("two", TensorProto.INT64, [1], [2])]
+    graph = helper.make_graph(nodes, "extra", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_a_model_returning_extra_rows_on_some_calls_stops_the_run_in_one_line(tmp_path, capsys):
+    """Issue 25 item 2: the probe (an even batch) passes; a later odd call gets one vote too many.
+    Counts larger than n (a NaN radius) must never reach the table: one line, exit 2."""
+    model = _extra_rows_model(tmp_path / "extra.onnx")
+    images = tmp_path / "x.npz"
+    np.savez(images, x=np.random.default_rng(0).random((3, 1, 4, 4), dtype=np.float32), y=np.zeros(3, np.int64))
+    out = tmp_path / "run.parquet"
+    code, _, err = srtool("certify", "--model", model, "--images", images, "--sigma", "0.5", "--n0", "10",
+                          "--n", "15", "--batch", "10", "--out", out, "--quiet", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the model returned 6 votes for a call of 5 noisy copies" in err, err
+    assert not out.exists()
+
+
+def test_calls_and_copies_are_summed_over_an_extension_and_reported(tmp_path, capsys):
+    out = tmp_path / "run.parquet"
+    base = ["certify", "--n0", "20", "--n", "60", "--batch", "50", "--threads", "1", "--out", out, "--quiet"]
+    assert srtool(*base, "--max", "3", capsys=capsys)[0] == 0
+    first = read(out)[1]
+    assert first["copies"] == 3 * 80 and first["calls"] == 5  # 240 copies in calls of 50
+    assert srtool(*base, "--max", "5", capsys=capsys)[0] == 0
+    table, config = read(out)
+    assert table.num_rows == 5 and config["copies"] == 5 * 80 and config["calls"] == 5 + 4
+    code, out_text, _ = srtool("report", out, capsys=capsys)
+    assert code == 0 and "copies/call" in out_text and "44 (89%)" in out_text, out_text
