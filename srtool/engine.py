@@ -300,9 +300,11 @@ class VoteCounter:
         noisy = feeds[NOISY]
         key = (loop, noisy.shape)
         if key not in self._bindings:
-            # The full batch stays bound; other sizes (the last calls of a run, other video lengths)
-            # replace each other, so the device buffers stay a few per loop.
-            for old in [k for k in self._bindings if k[0] == loop and k[1][0] != self.batch]:
+            # The full batch of the current point shape stays bound; other sizes (the last calls of a
+            # run) and other point shapes (another video length) are freed, so the device buffers
+            # stay at most two per loop.
+            for old in [k for k in self._bindings
+                        if k[0] == loop and (k[1][1:] != noisy.shape[1:] or k[1][0] != self.batch)]:
                 del self._bindings[old]
             binding = self.session.io_binding()
             device_input = ort.OrtValue.ortvalue_from_shape_and_type(noisy.shape, np.float32, self._binding_device, 0)

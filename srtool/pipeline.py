@@ -125,6 +125,11 @@ def evaluate_all(items: Iterable[Item], plan: Plan, counter: VoteCounter, settin
     return Scheduler(counter, settings.sigma).results(tasks)
 
 
+def evaluate(item: Item, plan: Plan, counter: VoteCounter, settings: Settings) -> dict:
+    """The row of one input on its own (its calls carry its copies only)."""
+    return next(evaluate_all([item], plan, counter, settings))
+
+
 def run(dataset: Dataset, indices: Iterable[int], plan: Plan, counter: VoteCounter,
         settings: Settings, writer: ResultsWriter, on_row: Callable[[dict], None] = lambda row: None) -> None:
     """Evaluate the given inputs, writing each row as it is done, with the calls and copies it took.
