@@ -10,7 +10,9 @@ Cases (CPU, --batch 4096, the shipped Fashion-MNIST model at σ = 0.25, Debian's
 
 Copies per call: the run's `calls`/`copies` metadata where srtool records it; for code older than
 that, computed from the rows with that code's own call sizes (engine.call_sizes, one input at a time:
-selection, then the estimation sample or each sequential round). Peak memory: /usr/bin/time -v.
+selection, then the estimation sample or each sequential round). Peak memory and CPU seconds (user +
+system, start-up included): /usr/bin/time -v. On a shared machine copies per CPU second move less
+with the load than copies per wall second.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def main() -> None:
     if done.returncode:
         sys.exit(done.stderr[-2000:])
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    cpu_s = sum(float(re.search(rf"{what} time \(seconds\): ([\d.]+)", done.stderr).group(1))
+                for what in ("User", "System"))
     import pyarrow.parquet as pq
 
     table = pq.read_table(out)
@@ -86,7 +90,8 @@ def main() -> None:
     result = {"case": args.case, "code": args.label or folder.name, "in_flight": args.in_flight,
               "inputs": table.num_rows, "batch": config["batch"], "copies": copies, "calls": calls,
               "copies_per_call": copies / calls, "fill": copies / calls / config["batch"],
-              "wall_s": wall, "copies_per_s": copies / wall, "peak_mb": peak_kb / 1024,
+              "wall_s": wall, "copies_per_s": copies / wall, "cpu_s": cpu_s, "copies_per_cpu_s": copies / cpu_s,
+              "peak_mb": peak_kb / 1024,
               "acc": sum(table.column("correct").to_pylist()) / table.num_rows}
     print(json.dumps(result))
     with open(Path(__file__).resolve().parent.parent / "runs" / "scheduler.jsonl", "a") as log:

@@ -381,6 +381,8 @@ class Scheduler:
             nonlocal unsent, open_tasks, held_values
             try:
                 request = task.send(counts)
+                while request.copies == 0:  # nothing to draw: no call would ever answer it
+                    request = task.send(np.zeros(counter.num_classes, dtype=np.int64))
             except StopIteration as done:
                 return done.value
             request.counts = np.zeros(counter.num_classes, dtype=np.int64)
