@@ -7,6 +7,7 @@ the batch size, the number of sampling loops and the number of inputs in flight.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -165,3 +166,10 @@ def test_calls_and_copies_are_summed_over_an_extension_and_reported(tmp_path, ca
     assert table.num_rows == 5 and config["copies"] == 5 * 80 and config["calls"] == 5 + 4
     code, out_text, _ = srtool("report", out, capsys=capsys)
     assert code == 0 and "copies/call" in out_text and "44 (89%)" in out_text, out_text
+    # srtool bench --run projects that run's time per input at the copies per call it ran with
+    code, text, err = srtool("bench", "--run", out, "--batch", "100", "--seconds", "0.05", "--threads", "1", "--json",
+                             capsys=capsys)
+    assert code == 0, err
+    run = json.loads(text)["run"]
+    assert run["copies_per_call"] == pytest.approx(400 / 9) and run["copies_per_input"] == 80
+    assert run["projected_s_per_input"] == pytest.approx(80 / run["pipeline_copies_per_s"])
