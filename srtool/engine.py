@@ -233,9 +233,9 @@ class VoteCounter:
         request = Request(Source(point, self.plan.dense_offsets, self.plan), None, 0, batch)
         try:
             self.run_call([(request, 0, batch)], 0.0, 0)
-        except UsageError as error:
+        except Exception as error:  # the model's own failure, or a batch too large to allocate
             raise UsageError(f"the model cannot run on this plan (batch {batch}, views {self.plan.patch_hw}): "
-                             f"{error}") from None
+                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
     # -- one call ----------------------------------------------------------------------------------
     def run_call(self, segments: list[tuple[Request, int, int]], sigma: float,
