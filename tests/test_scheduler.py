@@ -173,3 +173,38 @@ def test_calls_and_copies_are_summed_over_an_extension_and_reported(tmp_path, ca
     run = json.loads(text)["run"]
     assert run["copies_per_call"] == pytest.approx(400 / 9) and run["copies_per_input"] == 80
     assert run["projected_s_per_input"] == pytest.approx(80 / run["pipeline_copies_per_s"])
+
+
+def test_videos_of_two_lengths_share_calls_by_length_only(tmp_path):
+    """Videos have one plan (frame indices) per length: calls mix videos of one length, never two,
+    and every row equals that video evaluated on its own."""
+    from test_video import mlp_model
+
+    from srtool import video as vid
+    from srtool.data import Item
+    from srtool.pipeline import Settings, evaluate, evaluate_all
+
+    model = load_model(mlp_model(tmp_path / "mlp.onnx"))
+    layout = vid.VideoLayout((3, 8, 8), chunk=4, subvideo=8, stride=4)
+    counter = VoteCounter(vid.sampling_graph(model, layout), layout.probe, 3, batch=24, device="cpu", threads=2)
+    rng = np.random.default_rng(3)
+    items = [Item(i, 0, rng.random((3, frames, 8, 8), dtype=np.float32))
+             for i, frames in enumerate([12, 16, 12, 12, 16, 16, 12])]
+    settings = Settings(mode="certify", sigma=0.5, alpha=0.01, n0=7, n=30, seed=2)
+    lengths, inputs, run_call = [], [], counter.run_call
+
+    def recording(segments, sigma, loop):
+        lengths.append({request.source.point.shape[1] for request, _, _ in segments})
+        inputs.append(len({id(request.source) for request, _, _ in segments}))
+        return run_call(segments, sigma, loop)
+
+    counter.run_call = recording
+    rows = sorted(evaluate_all(items, layout, counter, settings), key=lambda row: row["index"])
+    counter.run_call = run_call
+    assert all(len(call) == 1 for call in lengths)
+    # one input per call would take 3 calls each (7; 24 + 6): videos of one length shared calls
+    assert max(inputs) > 1 and len(lengths) < 3 * len(items)
+    for item, row in zip(items, rows):
+        alone = evaluate(item, layout, counter, settings)
+        assert {k: v for k, v in row.items() if k != "time_s"} == {k: v for k, v in alone.items() if k != "time_s"}
+    counter.close()
