@@ -17,7 +17,8 @@ With K-consensus (Horváth et al. 2022) members K+1 … M run only on the copies
 
 Keeping crops, models and reduction in one graph means the host never touches logits in the hot
 loop, and on a GPU only the votes cross the bus. Patch positions are a graph input, so random
-per-input positions reuse the same session.
+per-input positions reuse the same session; random ones come per copy (B, k, 2), since one call
+carries copies of several inputs (engine.Scheduler).
 """
 
 from __future__ import annotations
