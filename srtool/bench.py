@@ -65,7 +65,7 @@ def raw_model_steps(model, views: int, device: str, threads: int, pool: ThreadPo
     feeds = bare_feeds(model, views, denoising)
     steps, provider = [], "cpu"
     for intra_op, concurrent in ((threads, 1), (threads if on_cuda else 1, loops)):
-        session = make_session(model.proto.SerializeToString(), device, intra_op)
+        session = make_session(model.proto, device, intra_op)
         provider = provider_name(session)
         bindings = []
         for _ in range(concurrent):

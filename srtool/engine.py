@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -72,14 +73,28 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0,
+# A serialized protobuf message cannot exceed 2 GiB. A graph larger than this (ADM's ImageNet UNet,
+# 2.2 GB of float32 weights, in front of a classifier) goes to ONNX Runtime as a file whose weights
+# lie beside it, in a private folder that lives as long as the session.
+MAX_PROTO_BYTES = 2**31 - 2**26
+
+
+def make_session(model: onnx.ModelProto | bytes, device: str = "cpu", threads: int = 0,
                  session_options: dict | None = None, provider_options: dict | None = None):
     """An inference session on `device`; fails loudly where CUDA was asked for and is not used.
 
-    `session_options` are attributes of onnxruntime.SessionOptions set after srtool's own (e.g.
-    graph_optimization_level); `provider_options` go to the CUDA provider (e.g. device_id).
+    `model` is serialized ONNX, or a ModelProto (any size). `session_options` are attributes of
+    onnxruntime.SessionOptions set after srtool's own (e.g. graph_optimization_level);
+    `provider_options` go to the CUDA provider (e.g. device_id).
     """
     import onnxruntime as ort
+
+    folder = None
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() <= MAX_PROTO_BYTES:
+            model = model.SerializeToString()
+        else:
+            model, folder = _spilled(model)
 
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if resolve_device(device) == "cuda"
                  else ["CPUExecutionProvider"])
@@ -96,14 +111,27 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int = 0,
         except (TypeError, ValueError) as error:
             raise UsageError(f"session option {name}={value!r}: {str(error).splitlines()[0]}") from None
     try:
-        session = ort.InferenceSession(model_bytes, options, providers=providers)
+        session = ort.InferenceSession(model, options, providers=providers)
     except Exception as error:  # ORT raises its own exception types with multi-line texts
         raise UsageError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from None
+    session.srtool_weights = folder  # a spilled graph's folder goes when the session does
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         # ORT falls back to the CPU silently; a user who asked for the GPU must know.
         raise UsageError("--device cuda was requested but ONNX Runtime could not use CUDA "
                          "(no GPU, driver or CUDA libraries); use --device cpu")
     return session
+
+
+def _spilled(model: onnx.ModelProto) -> tuple[str, tempfile.TemporaryDirectory]:
+    """A graph past protobuf's limit written as model.onnx + weights.bin in a private folder (the
+    caller's proto is left as it is): ORT reads the weights from there, and from nowhere else."""
+    folder = tempfile.TemporaryDirectory(prefix="srtool-graph-")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    path = os.path.join(folder.name, "model.onnx")
+    onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=1024)
+    return path, folder
 
 
 def provider_name(session) -> str:
@@ -179,7 +207,7 @@ class VoteCounter:
             graph = with_device_noise(graph, plan.noise_shape, sigma, device_noise_seed)
         on_cuda = resolve_device(device) == "cuda"
         self.loops = sampling_loops(on_cuda, threads, self.device_noise)
-        self.session = make_session(graph.SerializeToString(), device, threads if on_cuda else 1,
+        self.session = make_session(graph, device, threads if on_cuda else 1,
                                     session_options, provider_options)
         self.device = provider_name(self.session)
         if self.device_noise and self.device != "cuda":

@@ -54,8 +54,6 @@ def _static_dims(value_info) -> list[int | None]:
 # about 2·10^7 (3×128×224×224); past this a declared shape is hostile or a mistake, and the first run on
 # zeros would exhaust memory.
 MAX_INPUT_VALUES = 2**28
-# A serialized protobuf message cannot exceed 2 GiB, and srtool hands ONNX Runtime the model as bytes.
-MAX_MODEL_BYTES = 2**31 - 1
 
 
 def _graph_tensors(graph: onnx.GraphProto):
@@ -103,7 +101,8 @@ def _inline_external_data(proto: onnx.ModelProto, path: Path | None, digest) -> 
     """Read every tensor kept in an external file into the model, from the model's own folder only;
     each tensor's bytes also go into `digest` (the model's sha256), so new weights are a new model.
 
-    ONNX Runtime is handed the model as bytes, so it would resolve a relative location against the
+    ONNX Runtime is handed the model as bytes (or, past protobuf's 2 GiB, as a file srtool writes
+    in a private folder: engine.make_session), so it would resolve a relative location against the
     working directory (and an absolute one anywhere): every reference is resolved here instead, and
     none is left for ONNX Runtime. A location must name a file inside the folder of the model file
     (after following links); anything else refuses the model. `path` None: the model came as bytes,
@@ -111,7 +110,6 @@ def _inline_external_data(proto: onnx.ModelProto, path: Path | None, digest) -> 
     """
     folder = path.resolve().parent if path is not None else None
     where = f"{path.name}" if path is not None else "the model bytes"
-    total = proto.ByteSize()
     for tensor in _all_tensors(proto):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
@@ -137,10 +135,6 @@ def _inline_external_data(proto: onnx.ModelProto, path: Path | None, digest) -> 
             raise UsageError(f"{where}: {named} asks for bytes past the end of {location!r} "
                              f"(offset {offset}, length {length}, the file has {size})")
         length = size - offset if length is None else length
-        total += length
-        if total > MAX_MODEL_BYTES:
-            raise UsageError(f"{where}: the model with its external data is larger than 2 GiB, "
-                             "which ONNX Runtime cannot take as one model")
         with open(target, "rb") as handle:
             handle.seek(offset)
             tensor.raw_data = handle.read(length)
@@ -274,7 +268,7 @@ def infer_num_classes(model: Model, session_factory) -> int:
             return model.num_classes
         if model.input_shape is None:
             raise UsageError(f"{model.path.name}: cannot tell the input size; pass --patch-size")
-        session = session_factory(model.proto.SerializeToString())
+        session = session_factory(model.proto)
         zeros = np.zeros((1, *model.input_shape), dtype=np.float32)
         try:
             logits = session.run([model.output_name], {model.input_name: zeros})[0]

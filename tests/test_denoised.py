@@ -346,3 +346,22 @@ def test_discrete_noise_feeds_the_denoiser(tmp_path, prototype_run, capsys):
     table, config = read(out)
     assert config["noise"] == "discrete" and config["denoiser"]["timestep"] == 145
     assert all(e is None for e in table.column("error").to_pylist())
+
+
+def test_graphs_past_protobufs_limit_run_from_a_private_folder(tmp_path, prototype_run, capsys, monkeypatch):
+    """A sampling graph larger than protobuf's 2 GiB (ADM's UNet is 2.2 GB) goes to ONNX Runtime as a
+    file with its weights beside it, in a folder of srtool's own: the same votes as from bytes."""
+    from srtool import engine
+
+    model, data = prototype_run(3)
+    unet = tiny_unet(tmp_path / "unet.onnx", 28)
+    common = ["certify", "--model", model, "--images", data, "--diffusion", unet, "--sigma", 0.25, "--n0", 10,
+              "--n", 60, "--threads", 1, "--quiet"]
+    assert srtool(*common, "--out", tmp_path / "bytes.parquet", capsys=capsys)[0] == 0
+    spilled = []
+    original = engine._spilled
+    monkeypatch.setattr(engine, "MAX_PROTO_BYTES", 1000)
+    monkeypatch.setattr(engine, "_spilled", lambda proto: spilled.append(1) or original(proto))
+    assert srtool(*common, "--out", tmp_path / "file.parquet", capsys=capsys)[0] == 0
+    assert spilled
+    assert read(tmp_path / "file.parquet")[0].column("counts") == read(tmp_path / "bytes.parquet")[0].column("counts")
