@@ -562,8 +562,9 @@ def main(argv=None) -> None:
     except Exception as error:
         if os.environ.get("SRTOOL_DEBUG"):
             raise
-        if core.runtime_failure(error):  # a model that fails in ONNX Runtime (srtool bench, say): the model's fault
-            click.echo(f"error: the model failed in ONNX Runtime: {core.runtime_failure(error)}", err=True)
+        from .engine import runtime_failure
+        if runtime_failure(error):  # a model that fails in ONNX Runtime (srtool bench, say): the model's fault
+            click.echo(f"error: the model failed in ONNX Runtime: {runtime_failure(error)}", err=True)
             sys.exit(2)
         click.echo(f"error: unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
                    "(set SRTOOL_DEBUG=1 for the traceback)", err=True)

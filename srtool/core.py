@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -383,15 +382,12 @@ class Job:
         an error) every finished row is kept, and the engine and the file's lock are freed."""
         try:
             self.executor(self.dataset, self.todo, self.plan, self.counter, self.settings, self.writer, on_row)
-        except BaseException as error:
+        except BaseException:
             try:
                 self.writer.flush()  # every finished input is kept; the same run resumes
             except Exception:  # the disk is full, say: the error that stopped the run is the one to see
                 pass
             self.close()
-            if runtime_failure(error):  # the probe passed, but the model fails on some noisy copies
-                raise UsageError(f"the model failed on a batch of noisy copies (ONNX Runtime: "
-                                 f"{runtime_failure(error)}); finished inputs are saved") from None
             raise
 
     def finish(self):
@@ -404,20 +400,6 @@ class Job:
         self.counter.close()
         if self.writer is not None:
             self.writer.close()
-
-
-def runtime_failure(error: BaseException) -> str | None:
-    """The first line of an ONNX Runtime error, else None: its own exception types (from its C++ core),
-    or a RuntimeError raised inside its Python package (run_with_iobinding's "Error in execution")."""
-    frame = error.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    inside = frame is not None and f"{os.sep}onnxruntime{os.sep}" in frame.tb_frame.f_code.co_filename
-    if type(error).__module__ != "onnxruntime.capi.onnxruntime_pybind11_state" and \
-            not (isinstance(error, RuntimeError) and inside):
-        return None
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^(Error in execution: )?(\[ONNXRuntimeError\] : \d+ : \w+ : )?", "", text)
 
 
 def start(run: Run, worker: bool = False, quiet: bool = False) -> Job:

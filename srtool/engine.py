@@ -39,6 +39,7 @@ loop, so only the clean points of the call's inputs and one input number per cop
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections import deque
@@ -132,6 +133,20 @@ def _spilled(model: onnx.ModelProto) -> tuple[str, tempfile.TemporaryDirectory]:
     onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=1024)
     return path, folder
+
+
+def runtime_failure(error: BaseException) -> str | None:
+    """The first line of an ONNX Runtime error, else None: its own exception types (from its C++ core),
+    or a RuntimeError raised inside its Python package (run_with_iobinding's "Error in execution")."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    inside = frame is not None and f"{os.sep}onnxruntime{os.sep}" in frame.tb_frame.f_code.co_filename
+    if type(error).__module__ != "onnxruntime.capi.onnxruntime_pybind11_state" and \
+            not (isinstance(error, RuntimeError) and inside):
+        return None
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.sub(r"^(Error in execution: )?(\[ONNXRuntimeError\] : \d+ : \w+ : )?", "", text)
 
 
 def provider_name(session) -> str:
@@ -301,9 +316,12 @@ class VoteCounter:
                 votes, escalated = self._bound_votes(feeds, loop)
             else:
                 votes, *escalated = self.session.run(self._outputs, feeds)
-        except Exception as error:  # ORT's own exception types, with multi-line texts
-            raise UsageError(f"the model failed on a call of {size} copies: "
-                             f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+        except Exception as error:
+            if runtime_failure(error) is None:
+                raise
+            # the probe passed, but the model fails on some noisy copies: the model's fault, one line
+            raise UsageError(f"the model failed on a batch of noisy copies (ONNX Runtime: "
+                             f"{runtime_failure(error)})") from None
         # Every call, not only the first: a model that returns more (or fewer) rows than it was given
         # would otherwise put more votes than copies into the counts.
         if votes.shape != (size,) or (escalated and escalated[0].shape != (size,)):
