@@ -141,7 +141,7 @@ def specs(sigma: str, n: int, probe: int | None = None) -> list[tuple[str, list[
 
 def execute(spec: Spec, runs: Path, last: int | None = None) -> Path:
     """Certify (or resume) one run; per input, the copies that went to the whole ensemble under
-    consensus are appended to <run>.escalated.jsonl (VoteCounter.escalated, read after each row)."""
+    consensus are appended to <run>.escalated.jsonl (the row's `escalated` column)."""
     out = runs / f"{spec.name}.parquet"
     paths = tuple(str(member_path(spec.sigma, m)) for m in spec.members)
     run = core.Run(kind="images", model=paths, consensus=spec.consensus, data=IMAGES,
@@ -150,19 +150,14 @@ def execute(spec: Spec, runs: Path, last: int | None = None) -> Path:
                    output=core.Output(out=str(out), skip=spec.skip, max=last))
     job = core.start(run, quiet=True)
     if job.todo:
-        job.counter.escalated = 0  # the engine's first check ran one batch of zeros through the graph
         log = out.with_name(out.stem + ".escalated.jsonl")
-        seen = [0]
 
         def on_row(row: dict) -> None:
-            # Inputs are evaluated one after the other, so the counter's growth since the last row
-            # belongs to this row's n0 + n copies.
-            now = job.counter.escalated
+            # Several inputs share calls: the row's own `escalated` column holds its n0 + n copies' count.
             if spec.consensus:
                 with log.open("a") as f:
-                    f.write(json.dumps({"index": row["index"], "escalated": now - seen[0],
+                    f.write(json.dumps({"index": row["index"], "escalated": row["escalated"],
                                         "copies": N0 + int(row["n"] or 0)}) + "\n")
-            seen[0] = now
 
         started = time.time()
         print(f"{spec.name}: {len(job.todo)} inputs to do", flush=True)

@@ -186,7 +186,7 @@ class Smooth:
     # -- one pipeline, as the command line's -----------------------------------------------------------
     def _evaluate(self, x, statistics: core.Statistics, batch, index: int) -> list[dict]:
         from .data import Item
-        from .pipeline import evaluate
+        from .pipeline import evaluate_all
 
         core.check(core._is_int(index), f"index must be a whole number, not {shown(index)}")
         core.check(index >= 0, "index must be 0 or more")
@@ -195,13 +195,13 @@ class Smooth:
         images = self._images(x)
         run = core.Run(plan=self.plan_spec, statistics=statistics, runtime=self.runtime, **self.denoising)
         settings = core.settings_for(run, self.model)
-        rows = []
-        for offset, image in enumerate(images):
-            plan, counter = self._engine(image.shape, batch, run, settings)
-            row = evaluate(Item(index + offset, -1, image), plan, counter, settings)
+        # Every image of a batch has one shape, so one engine: the scheduler fills its calls from all of them.
+        plan, counter = self._engine(images[0].shape, batch, run, settings)
+        items = [Item(index + offset, -1, image) for offset, image in enumerate(images)]
+        rows = sorted(evaluate_all(items, plan, counter, settings), key=lambda row: row["index"])
+        for row in rows:
             if row["error"] is not None:
                 raise UsageError(row["error"])
-            rows.append(row)
         return rows
 
     def _images(self, x) -> list[np.ndarray]:

@@ -145,3 +145,34 @@ def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: 
         "projected_s_per_input_n100k": (PAPER_N0 + PAPER_N) / copies,
         **extra,
     }
+
+
+def run_fill(path: str) -> dict:
+    """What a results file says about its run's cost: mean noisy copies (selection and estimation)
+    per evaluated input, and the mean copies per ONNX Runtime call it made (None for files written
+    before srtool recorded its calls)."""
+    from .api import read_results
+    from .core import check
+
+    results = read_results(path)
+    rows = [row for row in results.table.to_pylist() if row["error"] is None]
+    check(rows, f"{path} has no evaluated inputs")
+    config = results.config
+    calls = config.get("calls")
+    return {"file": str(path),
+            "copies_per_input": (config.get("n0") or 0) + sum(row["n"] for row in rows) / len(rows),
+            "copies_per_call": config["copies"] / calls if calls else None}
+
+
+def project(measured: dict, result: dict, model: Model, plan, num_classes: int, runtime, seconds: float,
+            sigma: float = 0.25, denoising=None) -> dict:
+    """The time per input of a measured run (run_fill) on this machine: its copies per input at the
+    pipeline's rate, measured again at the run's own copies per call where its calls were less full
+    than this measurement's batch (small calls are slower per copy)."""
+    rate = result["pipeline_copies_per_s"]
+    per_call = measured["copies_per_call"]
+    if per_call is not None and per_call < 0.9 * result["batch"]:
+        again = run(model, plan, num_classes, max(1, round(per_call)), runtime.device, runtime.threads, seconds,
+                    sigma=sigma, noise_mode=runtime.noise, denoising=denoising)
+        rate = again["pipeline_copies_per_s"]
+    return {**measured, "pipeline_copies_per_s": rate, "projected_s_per_input": measured["copies_per_input"] / rate}

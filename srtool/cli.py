@@ -501,7 +501,7 @@ def bench(**o):
                           image_size=o["image_size"])
     runtime = core.Runtime(batch=_batch(o["batch"]), device=o["device"], noise=o["noise_mode"], threads=o["threads"])
     core.check(0 < o["seconds"] <= 3600, "--seconds must be positive and at most 3600 (an hour)")
-    copies_per_input = _copies_per_input(o["run_file"]) if o["run_file"] else None
+    measured = benchmark.run_fill(o["run_file"]) if o["run_file"] else None
     bench_run = core.Run(model=o["model"], plan=spec, denoiser=o["denoiser"], diffusion=o["diffusion"],
                          timestep=o["timestep"])
     model = core.load_run_models(bench_run)[0]
@@ -513,12 +513,12 @@ def bench(**o):
     batch = core.auto_batch(plan, 1000, runtime.device) if runtime.batch == "auto" else runtime.batch
     num_classes = infer_num_classes(model, make_session)
     sigma = o["sigma"] or model.trained_sigma or core.DEMO_SIGMA
+    denoising = core.denoising_stage(bench_run, sigma, input_shape)
     result = benchmark.run(model, plan, num_classes, batch, runtime.device, runtime.threads, o["seconds"],
-                           sigma=sigma, noise_mode=runtime.noise,
-                           denoising=core.denoising_stage(bench_run, sigma, input_shape))
-    if copies_per_input is not None:
-        result["run"] = {"file": o["run_file"], "copies_per_input": copies_per_input,
-                         "projected_s_per_input": copies_per_input / result["pipeline_copies_per_s"]}
+                           sigma=sigma, noise_mode=runtime.noise, denoising=denoising)
+    if measured is not None:
+        result["run"] = benchmark.project(measured, result, model, plan, num_classes, runtime, o["seconds"],
+                                          sigma, denoising)
     if o["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
@@ -537,19 +537,12 @@ def bench(**o):
     click.echo(f"  pipeline / {'bare parts' if 'denoiser' in result else 'model     '} {result['ratio']:>9.2f}")
     click.echo(f"  host noise alone    {result['host_noise_copies_per_s']:>12,.0f} noisy copies/s")
     click.echo(f"  projected per input at n0=100, n=100,000: {result['projected_s_per_input_n100k']:.1f} s")
-    if copies_per_input is not None:
-        click.echo(f"  projected per input of {Path(o['run_file']).name} ({copies_per_input:,.0f} noisy copies "
-                   f"per input): {result['run']['projected_s_per_input']:.2f} s")
-
-
-def _copies_per_input(path: str) -> float:
-    """Mean noisy copies (selection and estimation) per evaluated input of a results file."""
-    from .api import read_results
-
-    results = read_results(path)
-    rows = [row for row in results.table.to_pylist() if row["error"] is None]
-    core.check(rows, f"{path} has no evaluated inputs")
-    return (results.config.get("n0") or 0) + sum(row["n"] for row in rows) / len(rows)
+    if measured is not None:
+        run = result["run"]
+        fill = (f", {run['copies_per_call']:,.0f} copies per call as it ran, measured here at that size"
+                if run["copies_per_call"] is not None else "")
+        click.echo(f"  projected per input of {Path(o['run_file']).name} ({run['copies_per_input']:,.0f} noisy copies "
+                   f"per input{fill}): {run['projected_s_per_input']:.2f} s")
 
 
 def main(argv=None) -> None:

@@ -233,6 +233,7 @@ class Runtime:
     device: str = "auto"
     noise: str = "host"  # or "device": drawn inside the graph on the GPU; "discrete": exact on the 1/255 grid
     threads: int = 0  # CPU sampling loops (0: one per core)
+    in_flight: int | None = None  # inputs the scheduler keeps open at most (None: engine.MAX_IN_FLIGHT)
     engine: str = "local"  # or "ray"
     address: str | None = None
     workers: int | None = None
@@ -253,6 +254,8 @@ class Runtime:
         _whole(self.threads, "--threads")
         check(self.threads >= 0, "--threads must be 0 (automatic) or more")
         check(self.threads <= MAX_THREADS, f"--threads must be at most {MAX_THREADS:,} (0: one per core)")
+        check(self.in_flight is None or (_is_int(self.in_flight) and self.in_flight >= 1),
+              "in_flight must be a positive integer")
         _choice(self.engine, ("local", "ray"), "--engine")
         if self.engine != "ray":
             given = [f"--{name.replace('_', '-')}" for name in ("address", "workers", "gpus_per_worker",
@@ -532,7 +535,7 @@ def auto_batch(plan, n: int, device: str) -> int:
 def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | None = None):
     """`model` is the (first) member whose output width gives the number of classes."""
     """The engine for `graph`: batch size resolved, noise mode and ORT options applied."""
-    from .engine import VoteCounter, make_session
+    from .engine import MAX_IN_FLIGHT, VoteCounter, make_session
     from .model import infer_num_classes
 
     rt = run.runtime
@@ -542,7 +545,8 @@ def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | 
                        values_per_call=values_per_call if rt.batch == "auto" else None,
                        device_noise_seed=settings.seed if rt.noise == "device" else None,
                        sigma=settings.sigma, session_options=rt.session_options,
-                       provider_options=rt.provider_options)
+                       provider_options=rt.provider_options,
+                       in_flight=rt.in_flight if rt.in_flight is not None else MAX_IN_FLIGHT)
 
 
 def default_out(run: Run, models: list, settings, method: str, input_shape) -> Path:

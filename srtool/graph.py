@@ -13,11 +13,12 @@ With K-consensus (Horváth et al. 2022) members K+1 … M run only on the copies
     model input → m1 … mK → each member's own vote (B,) ─ all K equal → the agreed vote
                                                          └ not (E copies) → those copies' rows
       → mK+1 … mM → scores of all M members on those copies → mean|max → vote, scattered back
-    ESCALATED: a second output, [E]
+    ESCALATED: a second output, [E]; ESCALATED_COPIES: a third, [B] bool, which copies they are
 
 Keeping crops, models and reduction in one graph means the host never touches logits in the hot
 loop, and on a GPU only the votes cross the bus. Patch positions are a graph input, so random
-per-input positions reuse the same session.
+per-input positions reuse the same session; random ones come per copy (B, k, 2), since one call
+carries copies of several inputs (engine.Scheduler).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ VOTES = "srtool/votes"
 # Consensus graphs only: int64 [1], how many copies of the call went to the full ensemble, so a
 # caller can count forward passes (B·K + E·(M−K) per view). Fetch it by name; VOTES alone is enough.
 ESCALATED = "srtool/escalated"
+ESCALATED_COPIES = "srtool/escalated_copies"  # consensus graphs: bool [B], the copies counted in ESCALATED
 MODEL_INPUT = "srtool/model_input"  # the one model-input batch every member reads
 INVALID_VOTE = -1  # a copy whose scores are not all finite votes for no class
 MIN_OPSET = 13  # Unsqueeze/Resize/Softmax/IsNaN with today's signatures
@@ -90,8 +92,15 @@ class Builder:
 
 
 def _crops(b: Builder, image: str, plan: Plan) -> str:
-    """The k crops of `image` (B, C, R, R) stacked as (B, k, C, P, P), positions from OFFSETS."""
+    """The k crops of `image` (B, C, R, R) stacked as (B, k, C, P, P), positions from OFFSETS.
+
+    Dense positions are one (k, 2) input for every copy, cut with Slice. Random positions differ
+    between inputs, and a call carries copies of several inputs: OFFSETS is then (B, k, 2), one set
+    per copy, and the crops are gathered by flat pixel index (the same pixels, copied).
+    """
     ph, pw = plan.patch_hw
+    if plan.sampling == "random":
+        return _crops_per_copy(b, image, plan)
     size = b.const([ph, pw])
     spatial_axes = b.const([2, 3])
     views = []
@@ -102,6 +111,26 @@ def _crops(b: Builder, image: str, plan: Plan) -> str:
         crop = b.node("Slice", [image, start, end, spatial_axes])
         views.append(b.with_axes("Unsqueeze", crop, [1]))
     return b.node("Concat", views, axis=1) if len(views) > 1 else views[0]
+
+
+def _crops_per_copy(b: Builder, image: str, plan: Plan) -> str:
+    """The crops of each copy at its own positions: OFFSETS (B, k, 2) → (B, k, C, P, P)."""
+    c, k = plan.input_shape[0], plan.patches
+    ph, pw = plan.patch_hw
+    width = plan.resized_hw[1]
+    tops = b.node("Slice", [OFFSETS, b.const([0]), b.const([1]), b.const([2])])  # (B, k, 1)
+    lefts = b.node("Slice", [OFFSETS, b.const([1]), b.const([2]), b.const([2])])
+    rows = b.node("Add", [tops, b.const(list(range(ph)))])  # (B, k, P)
+    cols = b.node("Add", [lefts, b.const(list(range(pw)))])
+    rows = b.node("Mul", [b.with_axes("Unsqueeze", rows, [3]), b.const([width])])  # (B, k, P, 1)
+    flat = b.node("Add", [rows, b.with_axes("Unsqueeze", cols, [2])])  # (B, k, P, P): pixel numbers
+    batch = b.node("Slice", [b.node("Shape", [image]), b.const([0]), b.const([1])])
+    flat = b.node("Reshape", [flat, b.node("Concat", [batch, b.const([1, k * ph * pw])], axis=0)])
+    flat = b.node("Expand", [flat, b.node("Concat", [batch, b.const([c, k * ph * pw])], axis=0)])
+    pixels = b.node("Reshape", [image, b.const([0, c, -1])])  # (B, C, R·R)
+    crops = b.node("GatherElements", [pixels, flat], axis=2)  # (B, C, k·P·P)
+    crops = b.node("Reshape", [crops, b.const([0, c, k, ph, pw])])
+    return b.node("Transpose", [crops], perm=[0, 2, 1, 3, 4])
 
 
 # -- ensemble members ---------------------------------------------------------------------------------
@@ -318,6 +347,7 @@ def _consensus_votes(b: Builder, k: int, members: int, member_scores, reduce: st
         agree = b.node("And", [agree, b.node("Equal", [votes[0], vote])])
     which = b.node("NonZero", [b.node("Not", [agree])])  # (1, E): the copies that disagree
     escalated = b.node("Slice", [b.node("Shape", [which]), b.const([1]), b.const([2])], ESCALATED)
+    b.node("Not", [agree], ESCALATED_COPIES)  # per copy, so calls shared by several inputs split the count
 
     # The other members sit in an If branch that runs only when E > 0: a batch of 0 rows is valid
     # ONNX, but many exported models refuse it (torch's flatten becomes Reshape(x, [N, -1]), which
@@ -382,6 +412,7 @@ def assemble(models: Model | list[Model], inputs: list, head, views: int | str, 
     if k:
         _consensus_votes(b, k, len(models), member_scores, reduce)
         outputs.append(helper.make_tensor_value_info(ESCALATED, TensorProto.INT64, [1]))
+        outputs.append(helper.make_tensor_value_info(ESCALATED_COPIES, TensorProto.BOOL, ["batch"]))
     else:
         _vote(b, [member_scores(i, MODEL_INPUT) for i in range(len(models))], reduce, VOTES)
 
@@ -407,7 +438,8 @@ def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | Non
     ph, pw = plan.patch_hw
     inputs = [helper.make_tensor_value_info(NOISY, TensorProto.FLOAT, ["batch", *plan.noise_shape])]
     if plan.noise_space != "patch" and plan.crops:
-        inputs.append(helper.make_tensor_value_info(OFFSETS, TensorProto.INT64, [plan.patches, 2]))
+        per_copy = ["batch"] if plan.sampling == "random" else []  # random positions: one set per copy
+        inputs.append(helper.make_tensor_value_info(OFFSETS, TensorProto.INT64, [*per_copy, plan.patches, 2]))
 
     def head(b: Builder, model_input: str) -> None:
         if plan.noise_space == "patch":  # (B, k, C, P, P): the host already cut the patches
@@ -429,12 +461,13 @@ def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | Non
 
 
 CLEAN = "srtool/clean"
-COPIES = "srtool/copies"
+POINT_OF = "srtool/point_of"
 
 
 def with_device_noise(graph: onnx.ModelProto, noise_shape: tuple[int, ...], sigma: float,
                       seed: int) -> onnx.ModelProto:
-    """The sampling graph drawing its own noise: clean point (1, *S) and copy shape [B, *S] in.
+    """The sampling graph drawing its own noise: the clean points of a call's inputs (P, *S) and,
+    per copy, which of them it is a copy of (B,) int64.
 
     Only for the CUDA execution provider (its RandomNormalLike uses a Philox generator). ORT's CPU
     kernel uses std::default_random_engine (period 2^31) and must never feed a certificate; the
@@ -446,10 +479,10 @@ def with_device_noise(graph: onnx.ModelProto, noise_shape: tuple[int, ...], sigm
     g = out.graph
     kept = [i for i in g.input if i.name != NOISY]
     del g.input[:]
-    g.input.extend([helper.make_tensor_value_info(CLEAN, TensorProto.FLOAT, [1, *noise_shape]),
-                    helper.make_tensor_value_info(COPIES, TensorProto.INT64, [1 + len(noise_shape)])] + kept)
+    g.input.extend([helper.make_tensor_value_info(CLEAN, TensorProto.FLOAT, ["points", *noise_shape]),
+                    helper.make_tensor_value_info(POINT_OF, TensorProto.INT64, ["batch"])] + kept)
     nodes = [
-        helper.make_node("Expand", [CLEAN, COPIES], ["srtool/expanded"]),
+        helper.make_node("Gather", [CLEAN, POINT_OF], ["srtool/expanded"], axis=0),
         helper.make_node("RandomNormalLike", ["srtool/expanded"], ["srtool/z"], mean=0.0,
                          scale=float(sigma), seed=float(seed)),
         helper.make_node("Add", ["srtool/expanded", "srtool/z"], [NOISY]),

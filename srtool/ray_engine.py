@@ -9,9 +9,11 @@ How it fits the local engine (core.start):
   plan, sampling graph, batch and settings are the driver's by construction; it then reports what it
   sees (configuration, number of inputs, labels) and the driver refuses a worker that sees another
   model or dataset (a cluster node with other files).
-- An actor evaluates a shard (a short run of input indices) with `pipeline.evaluate` and yields
-  one row per input (a Ray streaming generator), so rows reach the driver as they are done and a
-  worker that dies loses only the input it was working on. The driver writes every row through its
+- An actor evaluates a shard (a short run of input indices) with `pipeline.evaluate_all` (the
+  scheduler keeps several of its inputs in flight and fills every call from them) and yields one
+  row per input as it finishes, with the ONNX Runtime calls and copies since the last (a Ray
+  streaming generator), so rows reach the driver as they are done and a worker that dies loses
+  only the inputs it had in flight. The driver writes every row through its
   ResultsWriter: the parts, the resume and the final single Parquet file are the local engine's.
 - Each input's noise depends only on (seed, index) (srtool/noise.py), so which worker evaluates an
   input, and in what order, changes nothing: the table equals the local engine's row for row.
@@ -200,14 +202,23 @@ class Worker:
                 "labels": _labels_digest(job.dataset.labels)}
 
     def evaluate(self, indices: list[int]):
-        from .pipeline import evaluate
+        """(row, {"calls", "copies"} since the previous row) for each input, as it finishes."""
+        from .pipeline import evaluate_all
 
         job = self.job
-        for index in indices:
-            if self.fault in (("poison", index), ("exit-after", self.started)):  # test-only fault injection
-                os._exit(1)
-            self.started += 1
-            yield evaluate(job.dataset[index], job.plan, job.counter, job.settings)
+
+        def items():
+            for index in indices:
+                if self.fault in (("poison", index), ("exit-after", self.started)):  # test-only fault injection
+                    os._exit(1)
+                self.started += 1
+                yield job.dataset[index]
+
+        counter = job.counter
+        calls, copies = counter.calls, counter.copies
+        for row in evaluate_all(items(), job.plan, counter, job.settings):
+            yield row, {"calls": counter.calls - calls, "copies": counter.copies - copies}
+            calls, copies = counter.calls, counter.copies
 
 
 # -- the driver ----------------------------------------------------------------------------------------
@@ -473,6 +484,10 @@ class RayEngine:
                         failed[index] = reason
                     else:
                         requeue.append([index])  # alone, so a poison input only ever costs itself
+                    # The others of that shard may have been in flight with it (which one killed the
+                    # worker is unknown): each alone too, so the culprit is charged on its next death.
+                    requeue += [[other] for other in remaining]
+                    remaining = []
                 if remaining:
                     requeue.append(remaining)
             for shard in reversed(requeue):  # at the front, in input order
@@ -550,7 +565,7 @@ class RayEngine:
                         lost(slot, error)
                     continue
                 try:
-                    row = ray.get(next(waitable))
+                    row, usage = ray.get(next(waitable))
                 except StopIteration:
                     del owner[waitable]
                     slot.tasks.remove(task)
@@ -567,6 +582,7 @@ class RayEngine:
                 if row["index"] in written:  # never twice, whatever a retry returned
                     continue
                 written.add(row["index"])
+                writer.count_calls(usage["calls"], usage["copies"])
                 writer.add(row)
                 on_row(row)
                 if kill_after is not None and len(written) == kill_after:  # test-only fault injection

@@ -108,6 +108,12 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         "forward_per_input": _forward_per_input(table, config, valid),
         "invalid": _total(table, "invalid"),  # copies whose logits were not finite
         "rotated": _total(table, "rotated"),  # images turned upright by their EXIF orientation
+        # ONNX Runtime calls and the noisy copies they carried, over the run and its resumes (files
+        # written before srtool recorded them: None); copies per call against the batch is the fill.
+        "calls": config.get("calls"),
+        "copies": config.get("copies"),
+        "copies_per_call": config["copies"] / config["calls"] if config.get("calls") else None,
+        "batch": config.get("batch"),
     }
     if config.get("sequential") and count:  # what a fixed-n run of the same budget would have cost
         n0 = config.get("n0") or 0
@@ -206,11 +212,20 @@ def _pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.1f}%"
 
 
+def _fill(copies_per_call: float | None, batch) -> str:
+    """Mean copies per ONNX Runtime call, and that as a share of the batch: '3,950 (96%)'."""
+    if copies_per_call is None:
+        return "-"
+    share = f" ({copies_per_call / batch:.0%})" if isinstance(batch, int) and batch > 0 else ""
+    return f"{copies_per_call:,.0f}{share}"
+
+
 def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list[list[str]]]:
     """Short columns, so a summary fits an 80-column terminal; `acc` is certified accuracy at 0
     over the labelled inputs (`inputs` says how many are unlabelled, errors or still to do)."""
     radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
-    header = ["run", "n", "inputs", "acc", "abstain", "ACR", "factor", "fwd/input"] + [f"@{r:g}" for r in radii]
+    header = ["run", "n", "inputs", "acc", "abstain", "ACR", "factor", "fwd/input", "copies/call"]
+    header += [f"@{r:g}" for r in radii]
     rows = []
     for s in summaries:
         factor = s["radius_factor"]
@@ -223,7 +238,8 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
                _pct(s["accuracy"]), _pct(s["abstention"]),
                "-" if "acr" not in s else f"{s['acr']:.3f}",
                "-" if factor is None else f"{factor:.4g}",
-               _count(s.get("forward_per_input")) + (f" ({s['saving']:.1f}× less)" if "saving" in s else "")]
+               _count(s.get("forward_per_input")) + (f" ({s['saving']:.1f}× less)" if "saving" in s else ""),
+               _fill(s.get("copies_per_call"), s.get("batch"))]
         cap = s.get("max_radius")
         row += [_pct(certified[f"{r:g}"]) + ("*" if cap is not None and r > cap else "") if f"{r:g}" in certified
                 else "-" for r in radii]

@@ -150,7 +150,11 @@ def _dedupe_sorted(table: pa.Table) -> pa.Table:
 # -- reading --------------------------------------------------------------------------------------
 
 # Settings that do not change any number in the table; they may differ between a run and its resume.
-VOLATILE = {"device", "batch", "threads", "version", "skip", "max", "created"}
+VOLATILE = {"device", "batch", "threads", "version", "skip", "max", "created", "calls", "copies"}
+# The ONNX Runtime calls a run made and the noisy copies they carried, summed over its resumes: each
+# part records those of its rows (Parquet metadata under this key), the finished file the totals.
+USAGE_KEY = b"srtool_usage"
+USAGE = ("calls", "copies")
 PART = re.compile(r"part-(\d+)\.parquet$")
 
 
@@ -263,6 +267,15 @@ def _read_part(part: Path) -> pa.Table:
     return table
 
 
+def _part_usage(table: pa.Table) -> dict:
+    """The calls and copies a part records (nothing for parts written before srtool recorded them)."""
+    try:
+        usage = json.loads((table.schema.metadata or {}).get(USAGE_KEY, b"{}"))
+    except ValueError:
+        return {}
+    return usage if isinstance(usage, dict) else {}
+
+
 def read_results(path: str | Path) -> tuple[pa.Table, dict]:
     """A finished run, or the parts of one still running or interrupted."""
     path = Path(path)
@@ -312,6 +325,8 @@ class ResultsWriter:
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.warnings: list[str] = []
         self._rows: list[dict] = []
+        self._usage = dict.fromkeys(USAGE, 0)  # calls and copies of the rows written and resumed
+        self._pending_usage = dict.fromkeys(USAGE, 0)  # … and of the rows not yet flushed
         self._written: list[Path] = []  # parts written by this writer, merged by finish
         self._last_flush = time.monotonic()
         self._part_number = 0
@@ -387,6 +402,7 @@ class ResultsWriter:
                 raise UsageError(f"{error}; move it away, or use --overwrite to start over "
                                  f"(it is then kept in {self.damaged})") from None
             self._check_same(stored, self.path)
+            self._add_usage(stored)
             done.append(_conform(table, self.schema, self.path))
         if self.parts.is_dir() and not any(self.parts.iterdir()):
             self.parts.rmdir()  # left by a run that could not even write its configuration
@@ -394,7 +410,9 @@ class ResultsWriter:
             self._check_same(_read_parts_config(self.parts), self.parts)
             for part in _part_files(self.parts):
                 try:
-                    done.append(_conform(_read_part(part), self.schema, part))
+                    table = _read_part(part)
+                    done.append(_conform(table, self.schema, part))
+                    self._add_usage(_part_usage(table))
                 except PermissionError as error:
                     raise _unreadable(part, error) from None
                 except (pa.ArrowException, OSError, ValueError) as error:
@@ -432,7 +450,23 @@ class ResultsWriter:
     def done_rows(self) -> list[dict]:
         return self._done.to_pylist()
 
+    def _add_usage(self, usage: dict) -> None:
+        for key in USAGE:
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:  # older files: none
+                self._usage[key] += value
+
     # -- writing -------------------------------------------------------------------------------
+    def count_calls(self, calls: int, copies: int) -> None:
+        """ONNX Runtime calls and the copies they carried, for the rows added next (metadata)."""
+        self._pending_usage["calls"] += int(calls)
+        self._pending_usage["copies"] += int(copies)
+
+    @property
+    def usage(self) -> dict:
+        """Calls and copies of every row so far (resumed runs included)."""
+        return {key: self._usage[key] + self._pending_usage[key] for key in USAGE}
+
     def add(self, row: dict) -> None:
         unknown = set(row) - set(self.schema.names)
         if unknown:  # a column nobody would see: name the group the writer should have been given
@@ -450,12 +484,15 @@ class ResultsWriter:
         if not self._lock.held:
             raise RuntimeError(f"the results writer for {self.path} is closed")
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        table = table.replace_schema_metadata({USAGE_KEY: json.dumps(self._pending_usage).encode()})
         self._start()
         target = self.parts / f"part-{self._part_number:06d}.parquet"
         self._write(lambda tmp: pq.write_table(table, tmp), target)
         self._written.append(target)
         self._part_number += 1
         self._rows = []
+        self._add_usage(self._pending_usage)
+        self._pending_usage = dict.fromkeys(USAGE, 0)
 
     def finish(self) -> pa.Table:
         """Merge everything into RUN.parquet, remove the parts, release the lock.
@@ -472,6 +509,7 @@ class ResultsWriter:
                 raise UsageError(f"cannot read back {part} ({_reason(error)}); run the same command to "
                                  "resume") from None
         table = _dedupe_sorted(pa.concat_tables(tables))
+        self.config.update(self._usage)
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.config).encode()})
         self._write(lambda tmp: pq.write_table(table, tmp), self.path)
         shutil.rmtree(self.parts, ignore_errors=True)

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 
 from srtool import noise
-from srtool.engine import VoteCounter, call_sizes
+from srtool.engine import VoteCounter
 from srtool.errors import UsageError
-from srtool.graph import CLEAN, COPIES, NOISY, sampling_graph, with_device_noise
+from srtool.graph import CLEAN, NOISY, POINT_OF, sampling_graph, with_device_noise
 from srtool.model import load_model
 from srtool.plan import Plan
 
@@ -38,10 +38,10 @@ def test_io_binding_path_gives_the_same_votes(counters):
         a = plain.count(point, offsets, 130, 0.4, noise.Gaussian(0, index, noise.ESTIMATION))
         b = bound.count(point, offsets, 130, 0.4, noise.Gaussian(0, index, noise.ESTIMATION))
         assert np.array_equal(a, b) and a.sum() == 130 and (a > 0).sum() > 1
-    # one binding per (sampling loop, batch shape), bound once and reused across inputs
-    sizes = {size for _, size in call_sizes(130, 48, bound.loops)}
-    assert len(sizes) > 1 and {shape[0] for _, shape in bound._bindings} == sizes
-    assert len(bound._bindings) <= bound.loops * len(sizes)
+    # one binding per (sampling loop, batch shape), bound once and reused across inputs: the full
+    # batch, and at most one other size (130 = 48 + 48 + 34) per loop
+    assert {shape[0] for _, shape in bound._bindings} == {48, 34}
+    assert len(bound._bindings) <= 2 * bound.loops
 
 
 def test_io_binding_counts_escalated_copies_of_a_consensus_ensemble(make_linear):
@@ -64,18 +64,22 @@ def test_io_binding_counts_escalated_copies_of_a_consensus_ensemble(make_linear)
 
 
 def test_device_noise_graph_wiring(counters):
-    """The in-graph noise adds N(0, σ²) to the broadcast clean point. Checked on the CPU kernel for
-    wiring only; certification with it on the CPU is refused (next test)."""
+    """The in-graph noise adds N(0, σ²) to each copy's clean point (a call carries copies of several
+    inputs). Checked on the CPU kernel for wiring only; certification with it on the CPU is refused
+    (next test)."""
     model, plan, _, _ = counters
     graph = sampling_graph(model, plan)
     graph.graph.output.append(graph.graph.input[0])  # also expose the noisy batch
     wired = with_device_noise(graph, plan.noise_shape, sigma=0.5, seed=3)
     session = ort.InferenceSession(wired.SerializeToString(), providers=["CPUExecutionProvider"])
-    point = np.full((1, *plan.noise_shape), 0.25, np.float32)
-    votes, noisy = session.run(None, {CLEAN: point, COPIES: np.array([500, 1, 7, 7]),
-                                      "srtool/offsets": plan.dense_offsets})
+    points = np.stack([np.full(plan.noise_shape, value, np.float32) for value in (0.25, 0.75)])
+    point_of = np.repeat([0, 1], [300, 200])
+    votes, noisy = session.run(None, {CLEAN: points, POINT_OF: point_of,
+                                      "srtool/offsets": np.repeat(plan.dense_offsets[None], 500, axis=0)})
     assert votes.shape == (500,) and noisy.shape == (500, 1, 7, 7)
-    assert abs(noisy.mean() - 0.25) < 0.01 and abs(noisy.std() - 0.5) < 0.01
+    for which, value in enumerate((0.25, 0.75)):
+        copies = noisy[point_of == which]
+        assert abs(copies.mean() - value) < 0.02 and abs(copies.std() - 0.5) < 0.02
     assert NOISY not in [i.name for i in wired.graph.input]
 
 

@@ -1134,10 +1134,6 @@ def test_model_metadata(capsys, ws, metadata, free, free_classes, sigma, command
 # How a model's logits may change on the calls where it changes them: rows added or dropped, classes
 # added or dropped, another rank, no rows at all.
 SHAPE_CHANGES = ("more_rows", "fewer_rows", "no_rows", "wider", "narrower", "rank3", "rank1")
-# Changes that give a call more or fewer votes than copies: issue 25 item 2, fixed on the scheduler's
-# branch (the engine checks the votes of every call). Until it is merged they are left out of the
-# fuzzing and expected to fail below; on merge, empty this.
-AWAITING_ITEM_2 = ("more_rows", "fewer_rows", "no_rows", "rank3")
 
 
 def shifting_model(path: Path, change: str, threshold: float) -> str:
@@ -1174,7 +1170,7 @@ def shifting_model(path: Path, change: str, threshold: float) -> str:
 
 
 @budget(2)
-@given(change=st.sampled_from([c for c in SHAPE_CHANGES if c not in AWAITING_ITEM_2]), threshold=st.sampled_from([0.5, 1.0, 1.3, 2.0]),
+@given(change=st.sampled_from(SHAPE_CHANGES), threshold=st.sampled_from([0.5, 1.0, 1.3, 2.0]),
        command=st.sampled_from(["certify", "predict"]), sequential=st.booleans(),
        batch=st.sampled_from(["auto", "1", "7"]))
 def test_models_whose_logits_change_shape_between_calls(capsys, ws, change, threshold, command, sequential, batch):
@@ -1267,9 +1263,7 @@ def test_external_data_references(capsys, ws, reference, in_cwd):
     shutil.rmtree(folder)
 
 
-@pytest.mark.parametrize("change", [pytest.param(c, marks=pytest.mark.xfail(
-    strict=True, reason="issue 25 item 2 (the scheduler's branch)")) if c in AWAITING_ITEM_2 else c
-    for c in SHAPE_CHANGES])
+@pytest.mark.parametrize("change", SHAPE_CHANGES)
 def test_each_change_of_logits_shape(capsys, ws, change):
     """Each change of SHAPE_CHANGES once, on about half the calls (threshold 1.3); more_rows was a NaN
     radius with exit 0."""

@@ -156,20 +156,6 @@ def test_parallel_sampling_loops_equal_a_plain_sequential_loop(make_linear):
         counter.close()
 
 
-def test_call_sizes_cover_every_copy_once_and_shrink_at_the_end():
-    from srtool.engine import call_sizes
-
-    for num, per_call, loops in [(100_000, 1000, 2), (100, 1000, 2), (1, 50, 4), (130, 48, 1), (999, 7, 3)]:
-        calls = list(call_sizes(num, per_call, loops))
-        firsts = [first for first, _ in calls]
-        sizes = [size for _, size in calls]
-        assert firsts == list(np.cumsum([0] + sizes[:-1])) and sum(sizes) == num
-        assert max(sizes) <= per_call and min(sizes) >= 1
-        assert sizes == sorted(sizes, reverse=True)  # full calls first, the small ones last
-    tail = [size for _, size in call_sizes(100_000, 1000, 2)][-4:]
-    assert tail == [500, 250, 125, 125]
-
-
 def test_cuda_requested_without_gpu_fails_loudly(make_linear):
     from srtool.engine import gpu_present, make_session
 

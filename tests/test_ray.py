@@ -99,8 +99,9 @@ def test_ray_table_equals_local_table(tmp_path, ray_env, capfd):
     assert "Token authentication" not in err  # Ray's warning: srtool gives its local Ray a token
     (a, config_a), (b, config_b) = read(local), read(distributed)
     assert rows(a) == rows(b) and b.column("index").to_pylist() == list(range(24))
-    assert {k: v for k, v in config_a.items() if k != "created"} == \
-           {k: v for k, v in config_b.items() if k != "created"}
+    # calls differ (each worker fills its own calls from its shards); the copies they carried do not
+    assert {k: v for k, v in config_a.items() if k not in ("created", "calls")} == \
+           {k: v for k, v in config_b.items() if k not in ("created", "calls")}
     assert not Path(f"{distributed}.parts").exists()
 
 
