@@ -1,17 +1,24 @@
 """srtool's CUDA path on a GPU, measured in one run that fits one device call (issue 15, docs/gpu.md).
 
-    python benchmarks/gpu.py                        # on a GPU machine: everything, ~6 minutes
+    python benchmarks/gpu.py                        # on a GPU machine: everything that fits --budget
     python benchmarks/gpu.py --export-only          # export the models into .gpu/models (needs torch)
     python benchmarks/gpu.py --dry-run --device cpu --budget 240   # the same steps, small, on a CPU
 
 In order of priority (a step that would overrun --budget is recorded as skipped, one that fails is
 recorded with its error, and the run goes on):
 
-1. `pytest tests/test_cuda.py` (IO binding and device noise give valid tables, CUDA votes = CPU votes);
+1. `pytest tests/test_cuda.py` (IO binding and device noise give valid tables, CUDA votes = CPU votes,
+   also through the diffusion stage);
 2. `srtool bench --json` (a subprocess per configuration) on Cohen et al.'s CIFAR ResNet-110 and an
    ImageNet ResNet-50, random weights, exported here by `exporters` (fp32, and fp16 converted by
    exporters.fp16): RS and Smooth-Mean k=4 (CIFAR 32→36, four 32×32 crops; ImageNet 256, four
    224×224 crops), host noise and `--noise device`, fp32 and fp16, and a batch sweep;
+   and the composed graph of one-shot diffusion denoising: guided-diffusion's ImageNet 256×256
+   unconditional UNet (random weights, fp32 and fp16) in front of the ResNet-50 (`bench
+   --diffusion`: bare UNet, bare classifier, pipeline), and one `certify --diffusion --sequential`
+   at N = 10,000 against the 470 s per input the DDS authors report on an A100;
+   the many-inputs-per-call scheduler: a sequential grid run against a fixed run at the same batch
+   (copies per call from the results metadata's `calls` and `copies`, throughput);
 3. a PyTorch sampler written like Cohen et al.'s `Smooth._sample_noise` (repeat, `torch.randn_like`
    on the GPU, forward, argmax, counts on the host) on the very torch module the ONNX file was
    exported from, swept over batches, at its best batch;
@@ -22,8 +29,9 @@ recorded with its error, and the run goes on):
 
 Everything goes to --out (default $OUT, else ./gpu-results) as gpu-results.json and gpu-results.md,
 rewritten after every step, so a run killed at its time limit still leaves what it measured.
-`--dry-run` runs the same steps with small settings: CIFAR ResNet-20 for ResNet-110, and for
-ResNet-50 a small stand-in network with the same input (3×224×224) and output (1000 classes).
+`--dry-run` runs the same steps with small settings: CIFAR ResNet-20 for ResNet-110, for
+ResNet-50 a small stand-in network with the same input (3×224×224) and output (1000 classes), and
+for the ADM UNet one with the same flags at 64×64 and 8 channels.
 """
 
 from __future__ import annotations
