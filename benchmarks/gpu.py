@@ -1142,8 +1142,10 @@ def main() -> int:
                        f"wall {row['wall_s']} s")
             return row
 
-        record.attempt(f"dds certify {unet_case.name} {precision} n={unet_case.n}", dds_certify,
-                       need=10 if args.dry_run else 60)
+        # the sequential run stops early or runs all n0 + N copies: budget for the latter where known
+        projected = (unet_case.n0 + unet_case.n) / rates[precision] if rates.get(precision) else None
+        need = 10 if args.dry_run else 60 if projected is None else min(200, projected + 30)
+        record.attempt(f"dds certify {unet_case.name} {precision} n={unet_case.n}", dds_certify, need=need)
     # 3. memory against n: the ImageNet model, one input, n = 1,000 and 10,000
     if "memory" in steps:
         if imagenet:
