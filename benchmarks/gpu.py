@@ -1,17 +1,24 @@
 """srtool's CUDA path on a GPU, measured in one run that fits one device call (issue 15, docs/gpu.md).
 
-    python benchmarks/gpu.py                        # on a GPU machine: everything, ~6 minutes
+    python benchmarks/gpu.py                        # on a GPU machine: everything that fits --budget
     python benchmarks/gpu.py --export-only          # export the models into .gpu/models (needs torch)
     python benchmarks/gpu.py --dry-run --device cpu --budget 240   # the same steps, small, on a CPU
 
 In order of priority (a step that would overrun --budget is recorded as skipped, one that fails is
 recorded with its error, and the run goes on):
 
-1. `pytest tests/test_cuda.py` (IO binding and device noise give valid tables, CUDA votes = CPU votes);
+1. `pytest tests/test_cuda.py` (IO binding and device noise give valid tables, CUDA votes = CPU votes,
+   also through the diffusion stage);
 2. `srtool bench --json` (a subprocess per configuration) on Cohen et al.'s CIFAR ResNet-110 and an
    ImageNet ResNet-50, random weights, exported here by `exporters` (fp32, and fp16 converted by
    exporters.fp16): RS and Smooth-Mean k=4 (CIFAR 32→36, four 32×32 crops; ImageNet 256, four
    224×224 crops), host noise and `--noise device`, fp32 and fp16, and a batch sweep;
+   and the composed graph of one-shot diffusion denoising: guided-diffusion's ImageNet 256×256
+   unconditional UNet (random weights, fp32 and fp16) in front of the ResNet-50 (`bench
+   --diffusion`: bare UNet, bare classifier, pipeline), and one `certify --diffusion --sequential`
+   at N = 10,000 against the 470 s per input the DDS authors report on an A100;
+   the many-inputs-per-call scheduler: a sequential grid run against a fixed run at the same batch
+   (copies per call from the results metadata's `calls` and `copies`, throughput);
 3. a PyTorch sampler written like Cohen et al.'s `Smooth._sample_noise` (repeat, `torch.randn_like`
    on the GPU, forward, argmax, counts on the host) on the very torch module the ONNX file was
    exported from, swept over batches, at its best batch;
@@ -22,8 +29,9 @@ recorded with its error, and the run goes on):
 
 Everything goes to --out (default $OUT, else ./gpu-results) as gpu-results.json and gpu-results.md,
 rewritten after every step, so a run killed at its time limit still leaves what it measured.
-`--dry-run` runs the same steps with small settings: CIFAR ResNet-20 for ResNet-110, and for
-ResNet-50 a small stand-in network with the same input (3×224×224) and output (1000 classes).
+`--dry-run` runs the same steps with small settings: CIFAR ResNet-20 for ResNet-110, for
+ResNet-50 a small stand-in network with the same input (3×224×224) and output (1000 classes), and
+for the ADM UNet one with the same flags at 64×64 and 8 channels.
 """
 
 from __future__ import annotations
@@ -61,7 +69,10 @@ def last_line(text: str) -> str:
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
 
 
-TARGETS = {"ratio": 0.9, "vs_torch": 1.0, "fp16": 2.0, "resnet50_s_per_input": 15.0}
+TARGETS = {"ratio": 0.9, "vs_torch": 1.0, "fp16": 2.0, "resnet50_s_per_input": 15.0,
+           "dds_s_per_input": 470.0,   # DDS on an A100 (Carlini et al.), ImageNet, N = 10,000
+           "scheduler_fill": 0.9}      # copies per call of a sequential grid run / --batch
+LOWER_IS_BETTER = {"resnet50_s_per_input", "dds_s_per_input"}
 
 
 @dataclass
@@ -112,7 +123,7 @@ class Record:
     def __post_init__(self):
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = {"settings": self.settings, "env": {}, "exports": {}, "tests": None, "bench": [],
-                     "torch": [], "memory": [], "certify": [], "errors": [], "skipped": [], "targets": {}}
+                     "torch": [], "memory": [], "certify": [], "dds": [], "scheduler": [], "errors": [], "skipped": [], "targets": {}}
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -325,6 +336,194 @@ def fp16_check(paths: dict[str, Path], case: Case) -> dict:
             "argmax_agree": int((logits["fp32"].argmax(1) == logits["fp16"].argmax(1)).sum()), "of": 8}
 
 
+# ---- the composed denoiser + classifier graph (DDS: one-shot diffusion denoising) --------------
+
+DDS_SIGMA = 0.5
+DDS_RADII = "0.5,1.0"
+DDS_A100_S_PER_INPUT = 470.0  # Carlini et al. (DDS), ImageNet, N = 10,000, on an A100
+
+
+@dataclass
+class DiffusionCase:
+    """guided-diffusion's ImageNet 256x256 unconditional UNet (random weights) in front of the
+    ImageNet classifier case; the dry run keeps the ADM flags (learned sigma, resblock up/down,
+    scale-shift norm, 64 channels per head scaled down, attention at 32,16,8 relative to the edge)
+    at a 64x64 edge and a few channels, so that it runs on a CPU in seconds."""
+    name: str
+    unet: dict                # exporters.archs.unet.UNetModel keyword arguments
+    batch: int                # noisy copies per call (UNet and classifier alike)
+    n0: int
+    n: int                    # certify's --n (the DDS comparison's N)
+
+    @property
+    def edge(self) -> int:
+        return self.unet["image_size"]
+
+    def paths(self, folder: Path) -> dict[str, Path]:
+        return {"fp32": folder / f"{self.name}.onnx", "fp16": folder / f"{self.name}_fp16.onnx"}
+
+
+def diffusion_case(dry_run: bool) -> DiffusionCase:
+    from exporters.archs.unet import attention_rates
+    from exporters.diffusion import PRESETS
+
+    adm = dict(PRESETS["adm-imagenet256-uncond"].unet)
+    if not dry_run:
+        return DiffusionCase("adm_imagenet256_uncond", adm, 32, PAPER_N0, 10_000)
+    tiny = {**adm, "image_size": 64, "model_channels": 8, "num_res_blocks": 1, "num_head_channels": 8,
+            "num_groups": 4, "channel_mult": (1, 2, 3, 4), "attention_resolutions": attention_rates(64, "32,16,8")}
+    return DiffusionCase("adm_tiny64", tiny, 4, 20, 100)
+
+
+def export_unet(case: DiffusionCase, folder: Path) -> dict:
+    """Random weights (seed 0) through exporters.diffusion (its parity check at σ = 0.5 only: the
+    full UNet is slow on a CPU); fp16 by exporters.fp16 from that file, its failure recorded. The
+    fp16 file is checked later, on the run's device (`unet_fp16_check`): the export call has only
+    the CPU package, where a float16 ADM UNet is slow."""
+    import onnx
+    import torch
+
+    from exporters.archs.unet import UNetModel
+    from exporters.diffusion import PRESETS, export_diffusion
+    from exporters.fp16 import convert_to_fp16
+
+    paths = case.paths(folder)
+    info: dict = {"unet": {k: v for k, v in case.unet.items()}}
+    began = time.monotonic()
+    if not paths["fp32"].exists():
+        torch.manual_seed(0)
+        net = UNetModel(**case.unet).eval()
+        info["parameters_m"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 1)
+        summary = export_diffusion(net, PRESETS["adm-imagenet256-uncond"].spec, paths["fp32"],
+                                   {}, sigmas=(DDS_SIGMA,), batch=1)
+        del net
+        if not summary.get("written"):
+            raise RuntimeError(f"UNet export failed its parity check: {summary}")
+        info["fp32_export"] = summary
+    info["fp32"] = str(paths["fp32"])
+    info["fp32_mib"] = round(sum(p.stat().st_size for p in folder.glob(paths["fp32"].name + "*")) / 2**20, 1)
+    if not paths["fp16"].exists():
+        try:
+            weights, clipped_on_load = load_weights_as_fp16(paths["fp32"])
+            proto, clipped = convert_to_fp16(weights)
+            clipped += clipped_on_load
+            partial = paths["fp16"].with_suffix(".partial")
+            onnx.save_model(proto, str(partial))
+            partial.replace(paths["fp16"])
+            info["fp16_clipped_weights"] = clipped
+        except Exception as error:
+            info["fp16_error"] = f"{type(error).__name__}: {str(error)[:500]}"
+    if paths["fp16"].exists():
+        info["fp16"] = str(paths["fp16"])
+    info["seconds"] = round(time.monotonic() - began, 1)
+    return info
+
+
+def load_weights_as_fp16(path: Path, min_bytes: int = 2**20) -> tuple:
+    """The model at `path` with its large float32 weights already rounded to float16, one tensor at a
+    time as they are read. The fp32 ADM UNet (2.21 GB, its weights in `.onnx.data`) cannot exist as
+    one protobuf message (2 GiB at most: copying or serializing it fails), its fp16 form (1.1 GB) can;
+    exporters.fp16.convert_to_fp16 then converts the rest (small tensors, casts, the boundary) and
+    leaves these as they are. Tensors under `min_bytes` are left to it, so its float32-only inputs (Resize
+    scales) keep their type. Values beyond float16's range are clipped, as convert_to_fp16 does, and
+    counted: returns (model, clipped values)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    from exporters.fp16 import FP16_MAX
+
+    proto = onnx.load(str(path), load_external_data=False)
+    clipped = 0
+    for tensor in proto.graph.initializer:
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
+        if tensor.data_type == TensorProto.FLOAT and len(tensor.raw_data) >= min_bytes:
+            weights = numpy_helper.to_array(tensor)
+            clipped += int(np.count_nonzero(np.abs(weights) > FP16_MAX))
+            tensor.CopyFrom(numpy_helper.from_array(np.clip(weights, -FP16_MAX, FP16_MAX).astype(np.float16),
+                                                    tensor.name))
+    return proto, clipped
+
+
+def unet_fp16_check(paths: dict[str, Path], case: DiffusionCase, device: str) -> dict:
+    """fp32 vs fp16 ε of the exported files on one input at σ = 0.5's step, on the run's device."""
+    import onnxruntime as ort
+
+    from exporters.diffusion import PRESETS
+
+    spec = PRESETS["adm-imagenet256-uncond"].spec
+    step = spec.one_shot_step(DDS_SIGMA)
+    rng = np.random.default_rng(0)
+    x = (np.sqrt(spec.alphas_cumprod()[step]) * rng.standard_normal((1, 3, case.edge, case.edge))).astype(np.float32)
+    feeds = {"x": x, "t": np.full(1, spec.model_timestep(step), np.float32)}
+    eps = {}
+    for precision in ("fp32", "fp16"):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else []
+        session = ort.InferenceSession(str(paths[precision]), options, providers=providers + ["CPUExecutionProvider"])
+        eps[precision] = session.run(None, feeds)[0]
+        del session  # one ADM UNet's weights in memory at a time
+    return {"provider": providers[0] if providers else "CPUExecutionProvider", "finite": bool(np.isfinite(eps["fp16"]).all()),
+            "max_abs_diff": float(np.abs(eps["fp32"] - eps["fp16"]).max()),
+            "max_abs_eps": float(np.abs(eps["fp32"]).max())}
+
+
+def dds_args(unet: Path, case: DiffusionCase) -> list[str]:
+    """The composed graph's options: UNet at σ's t*, then resize into the 224x224 classifier."""
+    return ["--diffusion", str(unet), "--image-size", str(case.edge), "--resize", "224", "--sigma", f"{DDS_SIGMA:g}"]
+
+
+def dds_bench(record: Record, case: DiffusionCase, classifier: Path, unet: Path, precision: str, device: str,
+              seconds: float) -> dict:
+    """`srtool bench --diffusion`: the bare UNet, the bare classifier, and the whole pipeline.
+    The full fp32 ADM UNet (2.21 GB) is over the 2 GiB srtool hands ONNX Runtime as one model: that
+    row records srtool's refusal (run anyway, so that lifting the limit shows up here)."""
+    args = [sys.executable, "-m", "srtool", "bench", "--model", str(classifier), "--device", device,
+            "--batch", str(case.batch), "--seconds", f"{seconds:g}", "--json", *dds_args(unet, case),
+            *(["--threads", "1"] if device == "cpu" else [])]  # a dry run: the CPU is shared
+    began = time.monotonic()
+    result = run_process(args, min(record.left() - 2, 240))
+    if result.returncode != 0:
+        raise RuntimeError(failure(result))
+    row = {"kind": "bench", "unet": case.name, "classifier": classifier.stem, "precision": precision,
+           "wall_s": round(time.monotonic() - began, 1), **parse_json(result.stdout)}
+    copies = row.get("pipeline_copies_per_s")
+    row["projected_s_per_input"] = (case.n0 + case.n) / copies if copies else None
+    record.data["dds"].append(row)
+    record.say(f"dds bench {case.name} {precision} batch {row.get('batch')}: UNet {row.get('denoiser_copies_per_s', 0):,.1f} "
+               f"copies/s, classifier {row.get('raw_forward_per_s', 0):,.1f} fwd/s, pipeline {copies or 0:,.1f} copies/s, "
+               f"ratio {row.get('ratio', float('nan')):.2f}, {row['projected_s_per_input'] or float('nan'):.1f} s per "
+               f"input at n0={case.n0} + N={case.n:,}")
+    return row
+
+
+# ---- the many-inputs-per-call scheduler -----------------------------------------------------------
+
+def scheduler_step(record: Record, case: Case, model: Path, data: Path, inputs: int, n: int, device: str,
+                   radii: str) -> list[dict]:
+    """A sequential grid run against a fixed run at the same batch, on the same inputs: copies per
+    ONNX Runtime call (the scheduler packs several inputs into one call) and throughput. The wall
+    time includes the process's start and the model's load, the same in both runs."""
+    rows = []
+    for label, extra in (("fixed", []), ("sequential grid", ["--sequential", "--radii", radii])):
+        row = certify(record, case, model, data, "fp32", "host", n, case.batch, device, extra=extra,
+                      inputs=inputs, timeout=150)
+        # the copies the run recorded (n0 and n of every input), else counted from its table
+        used = row.get("copies") or sum((u or 0) for u in row["used_n"]) + PAPER_N0 * inputs
+        row.update(kind="scheduler", run=label, inputs=inputs, inputs_per_s=inputs / row["wall_s"],
+                   copies_per_s=used / row["wall_s"],
+                   fill=(row["copies_per_call"] / case.batch) if row.get("copies_per_call") else None)
+        record.data["scheduler"].append(row)
+        rows.append(row)
+        record.say(f"scheduler {case.arch} {label}: {inputs} inputs in {row['wall_s']} s, "
+                   f"{row['copies_per_s']:,.0f} copies/s, copies per call {row.get('copies_per_call', row.get('scheduler'))}")
+    return rows
+
+
 def load_module(case: Case, folder: Path):
     """The torch module the ONNX file was exported from: network (saved weights) behind its
     normalization layer, as Cohen et al.'s base classifier."""
@@ -427,28 +626,41 @@ CERTIFY_WITH_RSS = ("import atexit, sys\n"
                     "from srtool.cli import main\nmain(sys.argv[1:])")
 
 
-def sample_images(case: Case, folder: Path, count: int = 2) -> Path:
+def scheduler_counts(config: dict) -> dict:
+    """The scheduler's `calls` and `copies` (ONNX Runtime calls made and noisy copies they ran) from
+    a results file's metadata, or a note where this srtool does not record them (before issue 23)."""
+    calls, copies = config.get("calls"), config.get("copies")
+    if calls is None or copies is None:
+        return {"scheduler": "absent: the results metadata has no 'calls' and 'copies'"}
+    return {"calls": calls, "copies": copies, "copies_per_call": copies / calls if calls else None}
+
+
+def sample_images(case: Case, folder: Path, count: int = 2, edge: int | None = None) -> Path:
     """Random [0,255] images at the size a plan starts from (the model's, or the k=4 plan's input)."""
-    path = folder / f"{case.key}_images.npz"
+    height, width = (edge, edge) if edge else case.shape[1:]
+    path = folder / f"{case.key}_{height}_{count}_images.npz"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
-        np.savez(path, x=rng.integers(0, 256, (count, case.shape[1], case.shape[2], 3), dtype=np.uint8),
+        np.savez(path, x=rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8),
                  y=np.zeros(count, dtype=np.int64))
     return path
 
 
 def certify(record: Record, case: Case, model: Path, data: Path, precision: str, noise: str, n: int,
             batch, device: str, extra: list[str] | None = None, inputs: int = 1, watch_gpu: bool = False,
-            timeout: float = 240) -> dict:
-    """One `srtool certify` run in its own process: wall time, per-input time_s, peak memory."""
+            timeout: float = 240, n0: int = PAPER_N0) -> dict:
+    """One `srtool certify` run in its own process: wall time, per-input time_s, peak memory, and
+    the scheduler's `calls` and `copies` where the results metadata has them."""
     import pyarrow.parquet as pq
+
+    from srtool.results import read_config
 
     extra = list(extra or [])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.parquet"
         args = [sys.executable, "-c", CERTIFY_WITH_RSS, "certify", "--model", str(model), "--images", str(data),
-                "--max", str(inputs), "--n0", str(PAPER_N0), "--n", str(n), "--batch", str(batch),
+                "--max", str(inputs), "--n0", str(n0), "--n", str(n), "--batch", str(batch),
                 "--device", device, "--noise", noise, "--seed", "0", "--out", str(out), "--quiet", *extra]
         baseline = GpuMemoryPoll.total() if watch_gpu else None
         began = time.monotonic()
@@ -470,12 +682,13 @@ def certify(record: Record, case: Case, model: Path, data: Path, precision: str,
         if process.returncode != 0:
             raise RuntimeError(f"exit code {process.returncode}: {(stderr.strip() or stdout.strip())[-1500:]}")
         table = pq.read_table(out).to_pylist()
+        scheduler = scheduler_counts(read_config(out))
     hwm = re.search(r"VmHWM:\s*(\d+)", stderr)
     row = {"case": case.key, "arch": case.arch, "precision": precision, "noise": noise, "n": n,
            "batch": str(batch), "device": device, "extra": extra, "wall_s": round(wall, 2),
            "time_s": [r.get("time_s") for r in table], "used_n": [r.get("n") for r in table],
            "predict": [r.get("predict") for r in table], "radius": [r.get("radius") for r in table],
-           "host_peak_mib": round(int(hwm.group(1)) / 1024, 1) if hwm else None}
+           "host_peak_mib": round(int(hwm.group(1)) / 1024, 1) if hwm else None, "n0": n0, **scheduler}
     if poll:
         row.update({"gpu_baseline_mib": baseline, "gpu_total_peak_mib": poll.total_peak,
                     "gpu_peak_mib": (poll.total_peak - baseline) if poll.total_peak is not None and baseline is not None
@@ -650,14 +863,14 @@ def _fmt(value, digits: int = 0) -> str:
 
 def _verdict(row: str, value: float, target: str) -> dict:
     goal = TARGETS[target]
-    met = value <= goal if target == "resnet50_s_per_input" else value >= goal
+    met = value <= goal if target in LOWER_IS_BETTER else value >= goal
     return {"row": row, "value": value, "target": goal, "met": bool(met)}
 
 
 def evaluate_targets(data: dict) -> dict:
     main = [r for r in data["bench"] if r.get("kind") == "main"]
     verdicts: dict[str, list] = {"pipeline_vs_model": [], "srtool_vs_torch": [], "fp16_vs_fp32": [],
-                                 "resnet50_n100k": []}
+                                 "resnet50_n100k": [], "dds": [], "scheduler_fill": []}
     for r in main:
         if r["precision"] == "fp32":
             row = f"{r['arch']} {r['plan']} {r['noise']} noise, batch {r['batch']}"
@@ -696,6 +909,24 @@ def evaluate_targets(data: dict) -> dict:
             verdicts["resnet50_n100k"].append(_verdict(
                 f"ResNet-50 RS {c['precision']} {c['noise']} noise {' '.join(c['extra'])}, measured by srtool certify",
                 float(np.mean(c["time_s"])), "resnet50_s_per_input"))
+    for r in data.get("dds", []):
+        if r["kind"] == "bench" and r.get("projected_s_per_input"):
+            verdicts["dds"].append(_verdict(
+                f"{r['unet']} {r['precision']} + {r['classifier']}, batch {r.get('batch')}, projected "
+                f"(n0 + N) / pipeline copies per second", r["projected_s_per_input"], "dds_s_per_input"))
+        elif r["kind"] == "certify" and r.get("time_s"):
+            verdicts["dds"].append(_verdict(
+                f"{r['unet']} {r['precision']} + {r['arch']}, {' '.join(r['extra'][-3:])}, measured by srtool "
+                f"certify (n used {r['used_n']})", float(np.mean(r["time_s"])), "dds_s_per_input"))
+    for r in data.get("scheduler", []):
+        if r["run"] == "sequential grid":
+            if r.get("fill") is not None:
+                verdicts["scheduler_fill"].append(_verdict(
+                    f"{r['arch']} sequential grid, batch {r['batch']}: {r['copies_per_call']:,.0f} copies per call",
+                    r["fill"], "scheduler_fill"))
+            else:
+                verdicts["scheduler_fill"].append({"row": f"{r['arch']}: {r.get('scheduler')}", "value": None,
+                                                   "target": TARGETS["scheduler_fill"], "met": False})
     return verdicts
 
 
@@ -705,6 +936,9 @@ TARGET_TITLES = {
     "srtool_vs_torch": "srtool ≥ the PyTorch sampler (fp32, both at their best batch)",
     "fp16_vs_fp32": "fp16 pipeline ≥ 2× fp32 (same plan, noise and batch)",
     "resnet50_n100k": "ResNet-50, n0=100 + n=100,000: ≤ 15 s per input (H200)",
+    "dds": f"DDS-style UNet + ResNet-50, n0=100 + N=10,000: seconds per input vs "
+           f"{DDS_A100_S_PER_INPUT:.0f} s (DDS authors, A100)",
+    "scheduler_fill": "sequential grid run: copies per ONNX Runtime call ≥ 0.9 × --batch (many inputs per call)",
 }
 
 
@@ -730,7 +964,8 @@ def markdown(data: dict) -> str:
         rows = data["targets"].get(key) or []
         lines.append(f"- **{title}**: " + ("not measured" if not rows else ""))
         for v in rows:
-            lines.append(f"  - {v['row']}: {_fmt(v['value'], 2)} → {'met' if v['met'] else '**NOT met**'}")
+            verdict = "not recorded" if v["value"] is None else ("met" if v["met"] else "**NOT met**")
+            lines.append(f"  - {v['row']}: {_fmt(v['value'], 2)} → {verdict}")
     lines += ["", "## Throughput (srtool bench, medians of 3 rounds)", "",
               "| model | plan | precision | noise | batch | bare model (fwd/s) | pipeline (fwd/s) | pipeline / model | "
               "noisy copies/s | s per input at n=100k |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -766,6 +1001,27 @@ def markdown(data: dict) -> str:
                      f"{', '.join(_fmt(n) for n in c['used_n'])} | {c['wall_s']} |")
     if data.get("sequential"):
         lines += ["", f"--sequential: {data['sequential']}"]
+    lines += ["", f"## Composed UNet + classifier (one-shot diffusion denoising, σ = {DDS_SIGMA:g})", "",
+              "| UNet | precision | classifier | run | batch | bare UNet (copies/s) | bare classifier (fwd/s) | "
+              "bare parts in a row (copies/s) | pipeline (copies/s) | pipeline / bare | s per input | n used |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data.get("dds", []):
+        if r["kind"] == "bench":
+            lines.append(f"| {r['unet']} | {r['precision']} | {r['classifier']} | bench | {r.get('batch')} | "
+                         f"{_fmt(r.get('denoiser_copies_per_s'), 1)} | {_fmt(r.get('raw_forward_per_s'), 1)} | "
+                         f"{_fmt(r.get('bare_composed_copies_per_s'), 1)} | {_fmt(r.get('pipeline_copies_per_s'), 1)} | "
+                         f"{_fmt(r.get('ratio'), 2)} | {_fmt(r.get('projected_s_per_input'), 1)} (projected) | – |")
+        else:
+            lines.append(f"| {r['unet']} | {r['precision']} | {r['arch']} | certify {' '.join(r['extra'][-3:])} | "
+                         f"{r['batch']} | – | – | – | – | – | {', '.join(_fmt(t, 1) for t in r['time_s'])} | "
+                         f"{', '.join(_fmt(n) for n in r['used_n'])} |")
+    lines += ["", "## Many inputs per call: a sequential grid run against a fixed run, same batch", "",
+              "| model | run | inputs | n | batch | wall (s) | inputs/s | copies/s | calls | copies | copies per call |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data.get("scheduler", []):
+        lines.append(f"| {r['arch']} | {r['run']} | {r['inputs']} | {r['n']:,} | {r['batch']} | {r['wall_s']} | "
+                     f"{_fmt(r['inputs_per_s'], 2)} | {_fmt(r['copies_per_s'])} | {_fmt(r.get('calls'))} | "
+                     f"{_fmt(r.get('copies'))} | {_fmt(r.get('copies_per_call')) if 'calls' in r else r.get('scheduler')} |")
     if data["exports"]:
         lines += ["", "## Models", ""]
         for name, info in data["exports"].items():
@@ -781,6 +1037,9 @@ def markdown(data: dict) -> str:
 
 # ---- the run ----------------------------------------------------------------------------------
 
+STEPS = ("tests", "main", "dds", "torch", "fp16", "scheduler", "dds-certify", "memory", "k4", "n100k", "sweep")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -792,13 +1051,15 @@ def main() -> int:
                         help="exported models, reused where present (default .gpu/models)")
     parser.add_argument("--seconds", type=float, default=None, help="srtool bench --seconds (default 1.5; dry run 0.3)")
     parser.add_argument("--only", default=None,
-                        help="comma-separated steps: tests,main,torch,fp16,memory,k4,n100k,sweep (default all)")
+                        help=f"comma-separated steps: {','.join(STEPS)} (default all)")
     parser.add_argument("--export-only", action="store_true", help="export the models and stop")
     args = parser.parse_args()
 
     out = args.out or Path(os.environ.get("OUT") or "gpu-results")
     seconds = args.seconds or (0.3 if args.dry_run else 1.5)
-    steps = set((args.only or "tests,main,torch,fp16,memory,k4,n100k,sweep").split(","))
+    steps = set((args.only or ",".join(STEPS)).split(","))
+    if steps - set(STEPS):
+        parser.error(f"--only: unknown steps {', '.join(sorted(steps - set(STEPS)))}; choose from {','.join(STEPS)}")
     added = use_cuda_libraries() if args.device == "cuda" else []
     record = Record(out, args.budget, {"argv": " ".join(sys.argv[1:]), "device": args.device, "dry_run": args.dry_run,
                                        "budget": args.budget, "bench_seconds": seconds, "steps": sorted(steps)})
@@ -806,6 +1067,9 @@ def main() -> int:
     record.save()
     device = args.device
     work = Path(tempfile.mkdtemp(prefix="srtool-gpu-"))
+    if args.dry_run:
+        import torch
+        torch.set_num_threads(1)  # a CPU shared with others: more threads than cores is slower
     if device == "cuda":
         import torch
         torch.backends.cudnn.benchmark = True  # PyTorch at its best: cuDNN picks its fastest kernels
@@ -818,9 +1082,19 @@ def main() -> int:
             record.data["exports"][case.arch] = info
             record.say(f"models {case.arch}: {json.dumps(info, default=str)}")
             ready.append(case)
+    unet_case = diffusion_case(args.dry_run)
+    unet = None
+    if steps & {"dds", "dds-certify"}:
+        unet = record.attempt(f"export {unet_case.name}", lambda: export_unet(unet_case, args.models),
+                              need=5 if args.dry_run else 120)
+        if unet is not None:
+            record.data["exports"][unet_case.name] = unet
+            record.say(f"models {unet_case.name}: {json.dumps(unet, default=str)}")
     record.save()
     if args.export_only:
-        return 0 if len(ready) == len(cases(args.dry_run)) else 1
+        return 0 if len(ready) == len(cases(args.dry_run)) and unet is not None else 1
+    imagenet = next((c for c in ready if c.key == "imagenet"), None)
+    dds_models = [(p, Path(unet[p])) for p in ("fp32", "fp16") if unet and unet.get(p)] if imagenet else []
 
     # 1. the CUDA tests
     if "tests" in steps:
@@ -851,6 +1125,22 @@ def main() -> int:
         for case in ready:
             for noise in noises:
                 bench_step(case, "fp32", "RS", noise, case.batch, "main")
+    # the composed UNet + ResNet-50 graph: bare UNet, bare classifier, pipeline; fp32, then fp16
+    if "dds" in steps:
+        classifier = model_paths(imagenet, args.models)["fp32"] if imagenet else None
+        for precision, path in dds_models:
+            record.attempt(f"dds bench {unet_case.name} {precision}",
+                           lambda path=path, precision=precision: dds_bench(record, unet_case, classifier, path,
+                                                                            precision, device, seconds),
+                           need=5 if args.dry_run else 45)
+        if len(dds_models) == 2:
+            def fp16_check():
+                check = unet_fp16_check(unet_case.paths(args.models), unet_case, device)
+                unet["fp16_check"] = check
+                record.say(f"{unet_case.name} fp16 check: {check}")
+                return check
+
+            record.attempt(f"fp16 check {unet_case.name}", fp16_check, need=5 if args.dry_run else 30)
     if "torch" in steps:
         for case in ready:
             torch_step(case, "RS")
@@ -858,9 +1148,39 @@ def main() -> int:
         for case in ready:
             for noise in noises:
                 bench_step(case, "fp16", "RS", noise, case.batch, "main")
+    # many inputs per call: a sequential grid run against a fixed run at the same batch (CIFAR)
+    if "scheduler" in steps:
+        cifar = next((c for c in ready if c.key == "cifar"), None)
+        if cifar:
+            inputs, n = (4, 200) if args.dry_run else (32, 10_000)
+            data = sample_images(cifar, work, count=inputs)
+            record.attempt(f"scheduler {cifar.arch}",
+                           lambda: scheduler_step(record, cifar, model_paths(cifar, args.models)["fp32"], data,
+                                                  inputs, n, device, "0.25,0.5"),
+                           need=10 if args.dry_run else 60)
+    # one input certified through the composed graph at N = 10,000, --sequential at two radii,
+    # with the faster precision the bench found (DDS: 470 s per input on an A100)
+    if "dds-certify" in steps and dds_models:
+        rates = {r["precision"]: r.get("pipeline_copies_per_s") or 0 for r in record.data["dds"] if r["kind"] == "bench"}
+        precision, path = max(dds_models, key=lambda m: rates.get(m[0], 0))
+        data = sample_images(imagenet, work, count=1, edge=unet_case.edge)
+
+        def dds_certify():
+            extra = [*dds_args(path, unet_case), "--sequential", "--radii", DDS_RADII]
+            row = certify(record, imagenet, model_paths(imagenet, args.models)["fp32"], data, precision, "host",
+                          unet_case.n, unet_case.batch, device, extra=extra, timeout=200, n0=unet_case.n0)
+            row.update(kind="certify", unet=unet_case.name)
+            record.data["dds"].append(row)
+            record.say(f"dds certify {unet_case.name} {precision}: time_s {row['time_s']}, n used {row['used_n']}, "
+                       f"wall {row['wall_s']} s")
+            return row
+
+        # the sequential run stops early or runs all n0 + N copies: budget for the latter where known
+        projected = (unet_case.n0 + unet_case.n) / rates[precision] if rates.get(precision) else None
+        need = 10 if args.dry_run else 60 if projected is None else min(200, projected + 30)
+        record.attempt(f"dds certify {unet_case.name} {precision} n={unet_case.n}", dds_certify, need=need)
     # 3. memory against n: the ImageNet model, one input, n = 1,000 and 10,000
     if "memory" in steps:
-        imagenet = next((c for c in ready if c.key == "imagenet"), None)
         if imagenet:
             data = sample_images(imagenet, work)
             ns = [100, 1000] if args.dry_run else [1000, 10000]
@@ -882,7 +1202,6 @@ def main() -> int:
                 bench_step(case, "fp16", "k4", noise, case.batch, "main")
     # 5. seconds per input at n = 100,000, measured (ImageNet RS, the faster precision), and --sequential
     if "n100k" in steps:
-        imagenet = next((c for c in ready if c.key == "imagenet"), None)
         if imagenet:
             data = sample_images(imagenet, work)
             n = 300 if args.dry_run else PAPER_N

@@ -14,6 +14,10 @@
 set -euo pipefail
 
 ORT_VERSION=${ORT_VERSION:-1.31.1}
+# The device's Python (call 1 prints it first; 3.12 when this was written): the wheel must match it.
+PYTHON_VERSION=${PYTHON_VERSION:-3.12}
+CP=cp${PYTHON_VERSION/./}
+BUDGET=${BUDGET:-330}
 PART_MIB=${PART_MIB:-50}
 cd "$(git rev-parse --show-toplevel)"
 DIR=.gpu
@@ -24,9 +28,9 @@ grep -qxF '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >>"$exclude"
 mkdir -p "$DIR"
 git check-ignore -q "$DIR/p1/x" || { echo "error: $DIR is not ignored by git" >&2; exit 1; }
 
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 -d "$DIR" "onnxruntime-gpu==$ORT_VERSION"
-wheel_path=$(ls "$DIR"/onnxruntime_gpu-"$ORT_VERSION"-cp312-*.whl | head -n 1)
+wheel_path=$(ls "$DIR"/onnxruntime_gpu-"$ORT_VERSION"-"$CP"-*.whl | head -n 1)
 wheel=$(basename "$wheel_path")
 sha=$(sha256sum "$wheel_path" | cut -d' ' -f1)
 echo "$sha  $wheel" >"$DIR/$wheel.sha256"
@@ -60,12 +64,13 @@ fi
 files=""
 for ((k = 1; k <= count; k++)); do files+=" .gpu/p$k/part"; done
 # Run on the device from its repository root; \$ stays literal here, so PWD and OUT are the device's.
-final="set -o pipefail; W=/tmp/$wheel; for f in$files; do test -f \$f || { echo MISSING \$f: \
+final="set -o pipefail; python3 -c 'import sys; sys.exit(sys.version_info[:2] != (${PYTHON_VERSION/./, }))' || \
+{ python3 -V; echo WRONG PYTHON: rerun gpu_prepare.sh with PYTHON_VERSION set to it; exit 4; }; W=/tmp/$wheel; for f in$files; do test -f \$f || { echo MISSING \$f: \
 the machine was not warm, start again at call 1; exit 3; }; done; cat$files >\$W \
 && echo \"$sha  \$W\" | sha256sum -c && python3 -m pip install -q --no-deps --no-index --no-compile \
 --target /tmp/ortgpu \$W && export PYTHONPATH=/tmp/ortgpu:\$PWD PYTHONUNBUFFERED=1 \
-&& python3 benchmarks/gpu.py --out \$OUT 2>&1 | tee \$OUT/log.txt"
-export1="PYTHONUNBUFFERED=1 PYTHONPATH=\$PWD python3 benchmarks/gpu.py --export-only --out \$OUT 2>&1 | tee \$OUT/export.log; ls -l .gpu/*"
+&& python3 benchmarks/gpu.py --budget $BUDGET --out \$OUT 2>&1 | tee \$OUT/log.txt"
+export1="python3 -V; nvidia-smi -L; PYTHONUNBUFFERED=1 PYTHONPATH=\$PWD python3 benchmarks/gpu.py --export-only --out \$OUT 2>&1 | tee \$OUT/export.log; ls -l .gpu/*"
 
 cat <<EOF
 
@@ -80,7 +85,7 @@ for ((k = 1; k <= count; k++)); do
     elif ((k < count)); then
         cmd="ls -l .gpu/*"; timeout=60
     else
-        cmd=$final; timeout=480
+        cmd=$final; timeout=$((BUDGET + 70))  # the budget, the install, and the last step's overrun
     fi
     python3 - "$k" ".gpu/p$k" "$timeout" "$cmd" <<'PY'
 import json, sys

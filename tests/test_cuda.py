@@ -183,3 +183,63 @@ def test_device_cuda_is_used_and_does_not_fail(tmp_path, capsys):
     # --device auto takes the GPU where there is one
     _, config = certify(tmp_path, "auto", "--device", "auto", "--max", 2, "--n0", 20, "--n", 100, capsys=capsys)
     assert config["device"] == "cuda"
+
+
+# ---- the denoiser stage (one-shot diffusion denoising) on CUDA -------------------------------------
+# The shipped Fashion-MNIST DDPM (a small UNet: GroupNorm, attention, timestep embedding) in front of
+# the shipped clean classifier: `srtool certify --diffusion` with no file runs exactly that pair.
+DDPM = ASSETS / "fmnist_ddpm.onnx"
+
+
+def test_diffusion_votes_on_cuda_equal_the_cpu(tmp_path, capsys):
+    """Host noise from the same seed, UNet then classifier on each provider: the same votes (≥ 99%)."""
+    options = ("--diffusion", "--max", 8, "--n0", 50, "--n", 500, "--batch", 100, "--seed", 3)
+    cpu, _ = certify(tmp_path, "ddpm-cpu", "--device", "cpu", *options, capsys=capsys)
+    cuda, config = certify(tmp_path, "ddpm-cuda", "--device", "cuda", *options, capsys=capsys)
+    assert config["device"] == "cuda"
+    cpu_rows, cuda_rows = cpu.to_pylist(), cuda.to_pylist()
+    assert len(cpu_rows) == len(cuda_rows) == 8
+    for rows in (cpu_rows, cuda_rows):
+        assert all(r.get("error") is None and sum(r["counts"]) == r["n"] == 500 for r in rows)
+    moved = [int(np.abs(np.asarray(a["counts"]) - np.asarray(b["counts"])).sum()) // 2
+             for a, b in zip(cpu_rows, cuda_rows)]
+    equal = 1 - sum(moved) / (500 * len(cpu_rows))
+    report("diffusion_host_noise_cpu_vs_cuda", {"votes": 500 * len(cpu_rows), "votes_moved": sum(moved),
+                                                "equal_fraction": equal,
+                                                "predictions_differ": sum(a["predict"] != b["predict"]
+                                                                          for a, b in zip(cpu_rows, cuda_rows))})
+    assert equal >= 0.99
+
+
+def test_diffusion_unet_on_cuda_matches_the_cpu():
+    """The bare UNet on both providers, same inputs at a one-shot step: ε agrees to float precision
+    (TF32 convolutions on Ampere and later stay near 1e-3 of the output's scale)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    eps = {}
+    for provider in ("CPUExecutionProvider", "CUDAExecutionProvider"):
+        session = ort.InferenceSession(str(DDPM), providers=[provider])
+        assert session.get_providers()[0] == provider
+        x_input, t_input = session.get_inputs()
+        shape = [64 if not isinstance(d, int) else d for d in x_input.shape]
+        if provider == "CPUExecutionProvider":
+            feeds = {x_input.name: rng.standard_normal(shape).astype(np.float32),
+                     t_input.name: np.full(shape[0], 200.0, np.float32)}
+        eps[provider] = session.run(None, feeds)[0]
+    cpu, cuda = eps["CPUExecutionProvider"], eps["CUDAExecutionProvider"]
+    relative = float(np.abs(cpu - cuda).max() / np.abs(cpu).max())
+    report("diffusion_unet_cpu_vs_cuda_max_relative_diff", relative)
+    assert np.isfinite(cuda).all() and relative < 1e-2
+
+
+def test_bench_with_diffusion_on_cuda(capsys):
+    code, out, err = srtool("bench", "--diffusion", "--device", "cuda", "--batch", 256, "--seconds", 0.3, "--json",
+                            capsys=capsys)
+    assert code == 0, err
+    assert "could not use CUDA" not in err
+    result = json.loads(out[out.index("{"):])
+    assert result["provider"] == "cuda"
+    assert result["denoiser_copies_per_s"] > 0 and result["pipeline_copies_per_s"] > 0
+    report("bench_fmnist_ddpm_cuda_batch256", {k: result.get(k) for k in (
+        "denoiser_copies_per_s", "raw_forward_per_s", "bare_composed_copies_per_s", "pipeline_copies_per_s", "ratio")})
