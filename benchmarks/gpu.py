@@ -480,8 +480,9 @@ def dds_args(unet: Path, case: DiffusionCase) -> list[str]:
 def dds_bench(record: Record, case: DiffusionCase, classifier: Path, unet: Path, precision: str, device: str,
               seconds: float) -> dict:
     """`srtool bench --diffusion`: the bare UNet, the bare classifier, and the whole pipeline.
-    The full fp32 ADM UNet (2.21 GB) is over the 2 GiB srtool hands ONNX Runtime as one model: that
-    row records srtool's refusal (run anyway, so that lifting the limit shows up here)."""
+    The full fp32 ADM UNet (2.21 GB) puts the sampling graph past protobuf's 2 GiB: srtool hands
+    ONNX Runtime a file with its weights beside it then (engine.make_session), never run at full
+    size before this step."""
     args = [sys.executable, "-m", "srtool", "bench", "--model", str(classifier), "--device", device,
             "--batch", str(case.batch), "--seconds", f"{seconds:g}", "--json", *dds_args(unet, case),
             *(["--threads", "1"] if device == "cpu" else [])]  # a dry run: the CPU is shared
