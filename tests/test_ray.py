@@ -106,6 +106,20 @@ def test_ray_table_equals_local_table(tmp_path, ray_env, capfd):
 
 
 @needs_ray
+def test_ray_with_a_diffusion_stage_equals_local_table(tmp_path, ray_env, capfd):
+    """The shipped off-the-shelf pair (clean classifier behind the DDPM): the workers rebuild the
+    same composed graph, so the rows and the recorded stage are the local run's."""
+    common = ["certify", "--diffusion", "--n0", 10, "--n", 60, "--max", 6, "--quiet"]
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert srtool(*common, "--out", local, capsys=capfd)[0] == 0
+    code, _, err = srtool(*common, "--out", distributed, "--engine", "ray", "--workers", 2, capsys=capfd)
+    assert code == 0, err
+    (a, config_a), (b, config_b) = read(local), read(distributed)
+    assert rows(a) == rows(b)
+    assert config_a["denoiser"] == config_b["denoiser"] and config_b["denoiser"]["timestep"] == 145
+
+
+@needs_ray
 def test_ray_video_table_equals_local_table(tmp_path, ray_env, make_linear, capsys):
     """`srtool video` goes through the same _run: a tiny linear video model on six short clips."""
     import cv2
