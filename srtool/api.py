@@ -39,6 +39,7 @@ __all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify
 @python_spelling
 def shipped(name: str = core.DEFAULT_MODEL) -> Path:
     """The path of a file shipped with srtool: the models (fmnist_cnn_sigma0.12/0.25/0.50.onnx,
+    fmnist_cnn_clean.onnx trained without noise, fmnist_ddpm.onnx for diffusion=,
     video_demo_sigma0.25.onnx), the Fashion-MNIST sample (fashion_mnist_sample.npz), video_demo/."""
     path = core.asset(name)
     core.check(path.exists(), f"srtool ships no {name}")
