@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from onnx import helper
 
 from . import noise
 from .engine import VoteCounter, make_session, provider_name, resolve_device, sampling_loops
@@ -44,8 +45,8 @@ def bare_feeds(model, rows: int, denoising=None) -> dict[str, np.ndarray]:
     if model.level_input:
         feeds[model.level_input] = np.full((rows, *model.level_shape), denoising.level, np.float32)
     if model.timestep_input:
-        dtype = np.float32 if model.timestep_type == 1 else np.int64 if model.timestep_type == 7 else np.int32
-        feeds[model.timestep_input] = np.full(rows, denoising.timestep_value, dtype)
+        feeds[model.timestep_input] = np.full(rows, denoising.timestep_value,
+                                              helper.tensor_dtype_to_np_dtype(model.timestep_type))
     return feeds
 
 

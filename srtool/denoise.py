@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto
 
 from .errors import UsageError
-from .model import read_onnx
+from .model import read_onnx, static_dims
 
 KINDS = ("denoiser", "diffusion")
 SCHEDULES = ("linear", "cosine")
@@ -130,11 +130,6 @@ class Denoiser:
         return out
 
 
-def _dims(info) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in info.type.tensor_type.shape.dim]
-
-
 def _meta_json(meta: dict, key: str, path) -> dict:
     if key not in meta:
         return {}
@@ -161,12 +156,12 @@ def load_denoiser(source, kind: str) -> Denoiser:
         raise UsageError(f"{what} says it is a {declared} (srtool.kind); use --{declared}")
     # A denoiser's image is its first input (a non-blind one's noise level the second); a UNet's x_t
     # is its one rank-4 input, beside the rank-1 timesteps.
-    images = inputs[:1] if kind == "denoiser" else [i for i in inputs if len(_dims(i)) == 4]
-    if len(images) != 1 or len(_dims(images[0])) != 4 or images[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+    images = inputs[:1] if kind == "denoiser" else [i for i in inputs if len(static_dims(i)) == 4]
+    if len(images) != 1 or len(static_dims(images[0])) != 4 or images[0].type.tensor_type.elem_type != TensorProto.FLOAT:
         raise UsageError(f"{what} must take one float32 N×C×H×W image input"
                          + (" (its first input)" if kind == "denoiser" else ""))
     image = images[0]
-    shape = tuple(_dims(image)[1:])
+    shape = tuple(static_dims(image)[1:])
     if "srtool.input_shape" in meta:
         try:
             shape = tuple(int(v) for v in meta["srtool.input_shape"].split(","))
@@ -175,7 +170,7 @@ def load_denoiser(source, kind: str) -> Denoiser:
         if len(shape) != 3 or min(shape) < 1:
             raise UsageError(f"{what}: srtool.input_shape must be C,H,W (three positive whole numbers)")
     output = proto.graph.output[0]
-    out_dims = _dims(output)
+    out_dims = static_dims(output)
     if len(out_dims) != 4:
         raise UsageError(f"{what} must return N×C×H×W, it returns rank {len(out_dims)}")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -214,7 +209,7 @@ def _read_level(denoiser: Denoiser, others: list, meta: dict, what: str) -> None
         denoiser.sigma_range = (float(low_high[0]), float(low_high[1]))
     if others:
         level = others[0]
-        dims = _dims(level)[1:]
+        dims = static_dims(level)[1:]
         if level.type.tensor_type.elem_type != TensorProto.FLOAT or None in dims:
             raise UsageError(f"{what}: its noise-level input {level.name!r} must be float32 with fixed sizes "
                              "after the batch axis")
@@ -223,7 +218,7 @@ def _read_level(denoiser: Denoiser, others: list, meta: dict, what: str) -> None
 
 def _read_diffusion(denoiser: Denoiser, others: list, meta: dict, what: str) -> None:
     """The UNet's timestep input and its schedule (srtool.diffusion metadata)."""
-    steps_inputs = [i for i in others if len(_dims(i)) == 1]
+    steps_inputs = [i for i in others if len(static_dims(i)) == 1]
     if len(others) != 1 or not steps_inputs:
         raise UsageError(f"{what} must take two inputs: x_t (N×C×H×W) and the timestep t (N,)")
     step_type = steps_inputs[0].type.tensor_type.elem_type

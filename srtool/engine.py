@@ -317,11 +317,11 @@ class VoteCounter:
             else:
                 votes, *escalated = self.session.run(self._outputs, feeds)
         except Exception as error:
-            if runtime_failure(error) is None:
+            failure = runtime_failure(error)
+            if failure is None:
                 raise
             # the probe passed, but the model fails on some noisy copies: the model's fault, one line
-            raise UsageError(f"the model failed on a batch of noisy copies (ONNX Runtime: "
-                             f"{runtime_failure(error)})") from None
+            raise UsageError(f"the model failed on a batch of noisy copies (ONNX Runtime: {failure})") from None
         # Every call, not only the first: a model that returns more (or fewer) rows than it was given
         # would otherwise put more votes than copies into the counts.
         if votes.shape != (size,) or (escalated and escalated[0].shape != (size,)):

@@ -257,9 +257,8 @@ def _splice(b: Builder, proto: onnx.ModelProto, tag: str, feeds: dict[str, str],
 
 def _per_copy(b: Builder, batch_of: str, value: float, dims: tuple[int, ...], elem_type: int) -> str:
     """`value` as a (B, *dims) tensor of `elem_type`, B the batch of `batch_of`."""
-    shape = b.node("Concat", [b.node("Slice", [b.node("Shape", [batch_of]), b.const([0]), b.const([1])]),
-                              b.const(list(dims))], axis=0) if dims else \
-        b.node("Slice", [b.node("Shape", [batch_of]), b.const([0]), b.const([1])])
+    batch = b.node("Slice", [b.node("Shape", [batch_of]), b.const([0]), b.const([1])])
+    shape = b.node("Concat", [batch, b.const(list(dims))], axis=0) if dims else batch
     filled = b.node("Expand", [b.node("Reshape", [b.scalar(value), b.const([1] * (1 + len(dims)))]), shape])
     return filled if elem_type == TensorProto.FLOAT else b.node("Cast", [filled], to=elem_type)
 

@@ -45,7 +45,7 @@ class Model:
         return self.path.stem
 
 
-def _static_dims(value_info) -> list[int | None]:
+def static_dims(value_info) -> list[int | None]:
     dims = value_info.type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
 
@@ -219,7 +219,7 @@ def load_model(source: str | Path | bytes) -> Model:
         raise UsageError(f"{name}: the model imports ONNX opset {opset}; srtool can run opsets 1 to {newest}")
 
     meta = {p.key: p.value for p in proto.metadata_props}
-    in_dims = _static_dims(model_input)
+    in_dims = static_dims(model_input)
     if len(in_dims) not in (4, 5):
         raise UsageError(f"{name}: model input has rank {len(in_dims)}; expected N×C×H×W or N×C×T×H×W")
     input_shape = tuple(in_dims[1:]) if all(d is not None for d in in_dims[1:]) else None
@@ -240,7 +240,7 @@ def load_model(source: str | Path | bytes) -> Model:
         known = {value: key.lower() for key, value in TensorProto.DataType.items()}
         raise UsageError(f"{name}: the model output holds {known.get(out_type, f'data type {out_type}')}, not "
                          "floating-point logits")
-    out_dims = _static_dims(model_output)
+    out_dims = static_dims(model_output)
     if len(out_dims) != 2:
         raise UsageError(f"{name}: model output has rank {len(out_dims)}; expected N×classes logits")
     classes = _metadata(meta, "srtool.classes", _classes, "a JSON list of class names", name)
