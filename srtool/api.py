@@ -128,7 +128,7 @@ class Smooth:
                  patches: int = 1, patch_size: int | None = None,
                  resize: int | None = None, sampling: str = "dense", reduce: str = "mean",
                  noise_space: str = "input", image_size: int | None = None, device: str = "auto", seed: int = 0,
-                 threads: int = 0, noise: str = "host", session_options: dict | None = None,
+                 threads: int = 0, noise: str = "auto", session_options: dict | None = None,
                  provider_options: dict | None = None, denoiser=None, diffusion=None, timestep: int | None = None):
         self.plan_spec = core.ImagePlan(patches=patches, patch_size=patch_size, resize=resize, sampling=sampling,
                                         reduce=reduce, noise_space=noise_space, image_size=image_size)
@@ -193,11 +193,11 @@ class Smooth:
         core.check(index >= 0, "index must be 0 or more")
         index = int(index)
         batch = core.Runtime(batch=batch).batch  # checked like --batch; numpy integers made plain
-        images = self._images(x)
         run = core.Run(plan=self.plan_spec, statistics=statistics, runtime=self.runtime, **self.denoising)
-        settings = core.settings_for(run, self.model)
+        images, noise_mode = self._images(x, run)
+        settings = core.settings_for(run, self.model, noise_mode)
         # Every image of a batch has one shape, so one engine: the scheduler fills its calls from all of them.
-        plan, counter = self._engine(images[0].shape, batch, run, settings)
+        plan, counter = self._engine(images[0].shape, batch, run, settings, noise_mode)
         items = [Item(index + offset, -1, image) for offset, image in enumerate(images)]
         rows = sorted(evaluate_all(items, plan, counter, settings), key=lambda row: row["index"])
         for row in rows:
@@ -205,28 +205,33 @@ class Smooth:
                 raise UsageError(row["error"])
         return rows
 
-    def _images(self, x) -> list[np.ndarray]:
-        """x as float32 C×H×W images in [0,1] with the model's channels."""
+    def _images(self, x, run: core.Run) -> tuple[list[np.ndarray], str]:
+        """x as float32 C×H×W images in [0,1] with the model's channels, and the noise sampler for them
+        (core.noise_sampler: the exact discrete one where x is on the 1/255 grid)."""
         from .data import PixelError, conform, to_unit_chw
+        from .noise import grid_integers
 
         x = np.asarray(x)
         core.check(x.ndim in (3, 4), f"x must be one C×H×W image or a batch N×C×H×W, not shape {x.shape}")
         core.check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
                    f"x must hold uint8 (0–255) or float ([0,1]) pixels, not {x.dtype}")
         channels = self.model.input_shape[0] if self.model.input_shape else None
-        images = []
+        units = []
         for image in (x if x.ndim == 4 else x[None]):
             core.check(image.shape[0] in (1, 3, 4), f"x must be C×H×W with 1, 3 or 4 channels first, "
                                                     f"not {'×'.join(map(str, image.shape))}")
             try:  # as H×W×C, which to_unit_chw reads without guessing the layout
-                unit = to_unit_chw(np.moveaxis(image, 0, -1))
+                units.append(to_unit_chw(np.moveaxis(image, 0, -1)))
             except PixelError as error:
                 raise UsageError(f"x: {error}") from None
-            images.append(conform(unit, channels, self.plan_spec.image_size))
-        return images
+        noise_mode, float_noise = core.noise_sampler(run, all(grid_integers(u) is not None for u in units))
+        if float_noise:
+            warnings.warn(float_noise, UserWarning, stacklevel=4)
+        grid = noise_mode == "discrete"  # images resized on load (image_size) are rounded to the grid
+        return [conform(unit, channels, self.plan_spec.image_size, grid) for unit in units], noise_mode
 
-    def _engine(self, shape, batch, run: core.Run, settings):
-        key = (shape, batch, settings.n if batch == "auto" else None)
+    def _engine(self, shape, batch, run: core.Run, settings, noise_mode: str):
+        key = (shape, batch, settings.n if batch == "auto" else None, noise_mode)
         if key not in self._engines:
             from .graph import sampling_graph
 
@@ -234,7 +239,7 @@ class Smooth:
             run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch))
             graph = sampling_graph(self.models, plan, self.consensus,
                                    core.denoising_stage(run, settings.sigma, shape))
-            counter = core.vote_counter(run, self.model, graph, plan, settings)
+            counter = core.vote_counter(run, self.model, graph, plan, settings, noise_mode)
             self._engines[key] = plan, counter
         return self._engines[key]
 

@@ -20,6 +20,11 @@ from .errors import UsageError
 
 
 SHOW_AFTER_RUN = 20  # runs of at most this many inputs print one line per input (as srtool show)
+NOISE_HELP = ("The noise sampler. 'auto': the exact discretized Gaussian on the 1/255 grid, whose radii hold in "
+              "floating point, wherever it applies (8-bit inputs, --noise-space input), else the float one "
+              "with a warning; 'discrete': that sampler or a refusal; 'host': float32 Box–Muller on the host; "
+              "'device': float noise drawn in the graph on the GPU (CUDA only; reproducible per run, not across "
+              "resumes). Float radii do not hold in floating point (docs/soundness.md).")
 
 
 def _apply(options: list, function):
@@ -44,12 +49,8 @@ def run_options(inputs: str) -> list:
                      help=f"Seed of the per-{inputs} noise streams; same seed, same results."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
-        click.option("--noise", "noise_mode", type=click.Choice(["host", "device", "discrete"]), default="host",
-                     show_default=True,
-                     help="Draw noise on the host (per-input seeded streams), inside the graph on "
-                          "the GPU (CUDA only; reproducible per run, not across resumes), or 'discrete': "
-                          "exact Gaussian on the 1/255 grid, radii that hold in floating point "
-                          "(8-bit inputs, --noise-space input; docs/soundness.md)."),
+        click.option("--noise", "noise_mode", type=click.Choice(core.NOISE_MODES), default="auto",
+                     show_default=True, help=NOISE_HELP),
         click.option("--threads", type=int, default=0, show_default=True,
                      help="CPU sampling loops, one ONNX Runtime thread each (0 = one per core)."),
         click.option("--skip", type=int, default=1, show_default=True,
@@ -474,8 +475,8 @@ def _show_table(path, errors_only: bool = False, results=None) -> None:
 @click.option("--sampling", type=click.Choice(["dense", "random"]), default="dense", show_default=True)
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input", show_default=True)
-@click.option("--noise", "noise_mode", type=click.Choice(["host", "device", "discrete"]), default="host",
-              show_default=True)
+@click.option("--noise", "noise_mode", type=click.Choice(core.NOISE_MODES), default="auto",
+              show_default=True, help=NOISE_HELP)
 @click.option("--denoiser", type=click.Path(), default=None, help="A Gaussian denoiser in front (docs/denoised.md).")
 @click.option("--diffusion", type=click.Path(), default=None, is_flag=False,
               flag_value=str(core.asset(core.DEFAULT_DIFFUSION)),
@@ -514,8 +515,11 @@ def bench(**o):
     num_classes = infer_num_classes(model, make_session)
     sigma = o["sigma"] or model.trained_sigma or core.DEMO_SIGMA
     denoising = core.denoising_stage(bench_run, sigma, input_shape)
+    noise_mode, float_noise = core.noise_sampler(bench_run.replace(plan=spec, runtime=runtime), on_grid=True)
+    if float_noise:
+        click.echo(f"warning: {float_noise}", err=True)
     result = benchmark.run(model, plan, num_classes, batch, runtime.device, runtime.threads, o["seconds"],
-                           sigma=sigma, noise_mode=runtime.noise, denoising=denoising)
+                           sigma=sigma, noise_mode=noise_mode, denoising=denoising)
     if measured is not None:
         result["run"] = benchmark.project(measured, result, model, plan, num_classes, runtime, o["seconds"],
                                           sigma, denoising)

@@ -41,7 +41,9 @@ DEFAULT_DIFFUSION = "fmnist_ddpm.onnx"
 DEMO_SIGMA = 0.25
 # n for the shipped data (the default image run takes about 16 s on 2 cores, the video demo about
 # 20 s) and for the user's own (Cohen et al.'s n for images, the paper's video setting).
-NOISE_MODES = ("host", "device", "discrete")  # --noise
+# --noise: "auto" is the exact discrete sampler wherever it applies (8-bit inputs, noise on the input),
+# else the float one with a warning; "host" is the float Box–Muller sampler by name, "device" the GPU's.
+NOISE_MODES = ("auto", "discrete", "host", "device")
 DEMO_N = {"images": 1000, "videos": 500}
 PAPER_N = {"images": 100_000, "videos": 1000}
 DEFAULT_N0 = {"images": 100, "videos": 10}
@@ -230,7 +232,7 @@ class Runtime:
     """Where and how fast: none of it changes a number in the table."""
     batch: int | str = "auto"  # noisy copies per ONNX Runtime call
     device: str = "auto"
-    noise: str = "host"  # or "device": drawn inside the graph on the GPU; "discrete": exact on the 1/255 grid
+    noise: str = "auto"  # NOISE_MODES: the sampler, resolved per run by noise_sampler()
     threads: int = 0  # CPU sampling loops (0: one per core)
     in_flight: int | None = None  # inputs the scheduler keeps open at most (None: engine.MAX_IN_FLIGHT)
     engine: str = "local"  # or "ray"
@@ -438,8 +440,9 @@ def shipped_ensemble(sigma: float) -> list[Path]:
     return [first, *members]
 
 
-def settings_for(run: Run, model):
-    """The statistical settings with the model's and the data's defaults filled in."""
+def settings_for(run: Run, model, noise_mode: str = "discrete"):
+    """The statistical settings with the model's and the data's defaults filled in; `noise_mode` is the
+    sampler noise_sampler() resolved for the run's data."""
     from .pipeline import Settings
 
     s = run.statistics
@@ -449,13 +452,38 @@ def settings_for(run: Run, model):
     check(sigma is not None, "--sigma is required (the model has no srtool.sigma metadata)")
     n = s.n if s.n is not None else (DEMO_N if run.demo else PAPER_N)[run.kind]
     n0 = (s.n0 if s.n0 is not None else DEFAULT_N0[run.kind]) if s.mode == "certify" else 0
-    space = run.plan.noise_space if run.plan is not None else "input"
-    check(run.runtime.noise != "discrete" or space == "input",
-          f"--noise discrete draws on the input's 1/255 grid: use --noise-space input, not {space}")
     return Settings(mode=s.mode, sigma=float(sigma), alpha=float(s.alpha), n0=n0, n=n, seed=int(s.seed),
                     sequential=s.sequential, radii=s.radii, tolerance=float(s.tolerance),
                     sequential_method=s.sequential_method,
-                    noise="discrete" if run.runtime.noise == "discrete" else "gaussian")
+                    noise="discrete" if noise_mode == "discrete" else "gaussian")
+
+
+FLOAT_NOISE = "the radii do not hold in floating point (docs/soundness.md)"
+
+
+def noise_sampler(run: Run, on_grid: bool) -> tuple[str, str | None]:
+    """The sampler a run uses ("discrete", "host" or "device") and, for a float one, the warning to give.
+
+    The exact discrete sampler (DESIGN: floating-point soundness) needs the noise on the input itself
+    and inputs on the 1/255 grid (`on_grid`: 8-bit images and frames are); --noise auto takes it
+    wherever both hold and says why it cannot otherwise. A float sampler asked for by name is used as asked,
+    with the same warning: no float sampler is sound against a model crafted to read its structure.
+    """
+    mode = run.runtime.noise
+    space = run.plan.noise_space if run.plan is not None else "input"
+    if mode == "discrete":
+        check(space == "input", f"--noise discrete draws on the input's 1/255 grid: use --noise-space input, "
+                                f"not {space}")
+        check(on_grid, "pixel values off the 1/255 grid: --noise discrete needs 8-bit images (or floats k/255); "
+                       "use --noise host for other data")
+        return "discrete", None
+    if mode == "auto":
+        if space == "input" and on_grid:
+            return "discrete", None
+        why = "inputs off the 1/255 grid" if space == "input" else f"noise added in the {space} space"
+        return "host", f"float noise sampler ({why}): {FLOAT_NOISE}"
+    asked = "asked for by name" if mode == "host" else "drawn on the device"
+    return mode, f"float noise sampler ({asked}): {FLOAT_NOISE}"
 
 
 def sigma_warnings(sigma: float, trained_sigma: float | None) -> list[str]:
@@ -514,9 +542,9 @@ def auto_batch(plan, n: int, device: str) -> int:
     return int(max(1, min(1000, AUTO_BATCH_VALUES[resolve_device(device)] // per_copy, n)))
 
 
-def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | None = None):
-    """`model` is the (first) member whose output width gives the number of classes."""
-    """The engine for `graph`: batch size resolved, noise mode and ORT options applied."""
+def vote_counter(run: Run, model, graph, plan, settings, noise_mode: str, values_per_call: int | None = None):
+    """The engine for `graph`: batch size resolved, noise mode and ORT options applied; `model` is the
+    (first) member whose output width gives the number of classes."""
     from .engine import MAX_IN_FLIGHT, VoteCounter, make_session
     from .model import infer_num_classes
 
@@ -525,17 +553,17 @@ def vote_counter(run: Run, model, graph, plan, settings, values_per_call: int | 
     num_classes = infer_num_classes(model, make_session)
     return VoteCounter(graph, plan, num_classes, batch, rt.device, rt.threads,
                        values_per_call=values_per_call if rt.batch == "auto" else None,
-                       device_noise_seed=settings.seed if rt.noise == "device" else None,
+                       device_noise_seed=settings.seed if noise_mode == "device" else None,
                        sigma=settings.sigma, session_options=rt.session_options,
                        provider_options=rt.provider_options,
                        in_flight=rt.in_flight if rt.in_flight is not None else MAX_IN_FLIGHT)
 
 
-def default_out(run: Run, models: list, settings, method: str, input_shape) -> Path:
+def default_out(run: Run, models: list, settings, method: str, input_shape, noise_mode: str) -> Path:
     """runs/<model>-<mode>-sigma<σ>-<method>-n<n>-<size>[-<noise>].parquet: every setting that
     usually differs between runs of one model is in the name, so two runs rarely collide."""
     size = "x".join(map(str, input_shape[-2:]))
-    noise = f"-{run.runtime.noise}-noise" if run.runtime.noise != "host" else ""
+    noise = {"discrete": "", "host": "-float-noise", "device": "-device-noise"}[noise_mode]
     sequential = ""
     if settings.sequential:
         sequential = f"-seq-{settings.sequential_method}" + (
@@ -547,20 +575,20 @@ def default_out(run: Run, models: list, settings, method: str, input_shape) -> P
 
 
 def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str, extra: dict, worker: bool,
-            values_per_call: int | None = None) -> Job:
+            noise_mode: str, float_noise: str | None, values_per_call: int | None = None) -> Job:
     """Engine, results writer and the inputs still to do: the last step before any work."""
     from .data import check_labels
     from .results import ResultsWriter
 
     model = models[0]
-    if settings.noise == "discrete":
-        extra = {**extra, "sampler": discrete_sampler_metadata(settings.sigma, run, plan)}
-    counter = vote_counter(run, model, graph, plan, settings, values_per_call)
+    sampler = discrete_sampler_metadata(settings.sigma, run, plan) if noise_mode == "discrete" else \
+        {"kind": "float", "radii_hold_in_floating_point": False}
+    counter = vote_counter(run, model, graph, plan, settings, noise_mode, values_per_call)
     check_labels(dataset, counter.num_classes)
     config = {
         "command": settings.mode, "sigma": settings.sigma, "alpha": settings.alpha,
         "n0": settings.n0 if settings.mode == "certify" else None, "n": settings.n, "seed": settings.seed,
-        "noise": run.runtime.noise, **plan.describe(), **extra,
+        "noise": noise_mode, "sampler": sampler, **plan.describe(), **extra,
         "model": str(model.path), "model_sha256": model.sha256, "num_classes": counter.num_classes,
         "classes": model.classes or dataset.class_names,
         "dataset": dataset.source if dataset.in_memory else str(Path(dataset.source).resolve()),
@@ -579,7 +607,9 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
         return Job(run, dataset, plan, counter, settings, None, [], config)
     # behind a denoiser the classifier sees denoised copies: its training σ says nothing of σ then
     said = sigma_warnings(settings.sigma, None if run.denoising_model else model.trained_sigma)
-    out = Path(run.output.out) if run.output.out else default_out(run, models, settings, method, plan.input_shape)
+    said += [float_noise] if float_noise else []
+    out = Path(run.output.out) if run.output.out else default_out(run, models, settings, method, plan.input_shape,
+                                                                    noise_mode)
     try:
         writer = ResultsWriter(out, config, overwrite=run.output.overwrite)  # makes out's folder
     except BaseException:
@@ -619,12 +649,13 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     model = models[0]
     dataset = open_images(run.data or asset(DEFAULT_IMAGES), run.labels)
     align_labels(dataset, model.classes)
-    settings = settings_for(run, model)
+    noise_mode, float_noise = noise_sampler(run, dataset.on_grid)
+    settings = settings_for(run, model, noise_mode)
     spec = run.plan
     model_shape = image_model_shape(model)
     dataset.channels = model_shape[0] if model_shape else None
     dataset.size = spec.image_size
-    dataset.grid = run.runtime.noise == "discrete"  # resized or grey-converted images: rounded to the grid
+    dataset.grid = noise_mode == "discrete"  # resized or grey-converted images: rounded to the grid
     # The run's input shape: the first readable image, converted as the model and options ask.
     first, tried = None, []
     for i in range(min(len(dataset), 32)):
@@ -645,7 +676,7 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     if denoising is not None:  # only then, so that the runs made before denoisers still resume
         extra["denoiser"] = denoising.describe()
         method = denoising_tag(denoising) + "-" + method
-    return _launch(run, models, dataset, plan, graph, settings, method, extra, worker)
+    return _launch(run, models, dataset, plan, graph, settings, method, extra, worker, noise_mode, float_noise)
 
 
 def denoising_stage(run: Run, sigma: float, image_shape):
@@ -672,15 +703,16 @@ def _prepare_videos(run: Run, worker: bool) -> Job:
     model = models[0]
     dataset = vid.open_videos(run.data or asset(DEFAULT_VIDEOS), run.labels, run.split)
     vid.align_labels(dataset, model.classes)
-    settings = settings_for(run, model)
+    noise_mode, float_noise = noise_sampler(run, on_grid=True)  # decoded frames are 8-bit
+    settings = settings_for(run, model, noise_mode)
     spec = run.plan
     layout = vid.make_layout(model, spec.subvideo, spec.chunk, spec.stride, spec.reduce, spec.noise_space,
                              spec.short)
     dataset.channels, dataset.frame_hw = layout.frame_shape[0], layout.frame_shape[1:]
-    dataset.grid = run.runtime.noise == "discrete"  # grey (luma) frames: rounded to the grid
+    dataset.grid = noise_mode == "discrete"  # grey (luma) frames: rounded to the grid
     graph = vid.sampling_graph(models, layout, run.consensus)
     # The layout, not one plan, goes to the pipeline: it gives each video the plan for its length.
     job = _launch(run, models, dataset, layout.probe, graph, settings, vid.method_tag(layout),
-                  {"split": dataset.split}, worker, values_per_call=VIDEO_VALUES_PER_CALL)
+                  {"split": dataset.split}, worker, noise_mode, float_noise, values_per_call=VIDEO_VALUES_PER_CALL)
     job.plan = layout
     return job

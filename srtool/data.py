@@ -83,6 +83,7 @@ class Dataset:
         self.size: int | None = None  # set by the caller: resize-on-load edge, or None
         self.in_memory = False  # arrays from Python: `source` names them, it is no path
         self.grid = False  # set by the caller (--noise discrete): images made on load are rounded to 1/255
+        self.on_grid = True  # every image is k/255 as stored: file readers give 8-bit pixels; arrays are checked
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -474,7 +475,18 @@ def _arrays(x: np.ndarray, y: list, path, source: str | None = None) -> Dataset:
     if len(y) != len(x):
         raise UsageError(f"{path}: {len(y)} labels for {len(x)} images")
     _check_pixel_range(x, path)
-    return Dataset(source or str(path), y, lambda i: x[i])
+    dataset = Dataset(source or str(path), y, lambda i: x[i])
+    dataset.on_grid = on_grid(x)
+    return dataset
+
+
+def on_grid(x: np.ndarray) -> bool:
+    """Whether every finite pixel of x (uint8, or float in [0,1]) is k/255: the discrete sampler's inputs.
+    Non-finite pixels are left to the per-image check, which makes their images error rows."""
+    if x.dtype == np.uint8 or x.size == 0:
+        return True
+    finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
+    return noise.grid_integers(finite) is not None
 
 
 def _whole_labels(y: np.ndarray) -> list:

@@ -57,9 +57,14 @@ def run_label(config: dict) -> str:
     if stage:
         ensemble += f" + DDS t={stage['timestep']}" if stage["kind"] == "diffusion" else " + denoiser"
     mode = " predict" if config.get("command") == "predict" else " sequential" if config.get("sequential") else ""
-    # ✓fp: the discrete sampler's radii hold in floating point (docs/soundness.md)
-    exact = " ✓fp" if config.get("noise") == "discrete" else ""
-    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}{exact}{mode}"
+    # a float sampler's radii do not hold in floating point (docs/soundness.md): the one mark a run may carry
+    inexact = "" if holds_in_floating_point(config) else " float-noise"
+    return config.get("label") or f"{method_name(config)}{ensemble} σ={config.get('sigma'):g}{inexact}{mode}"
+
+
+def holds_in_floating_point(config: dict) -> bool:
+    """Whether the run drew its noise with the exact discrete sampler (runs made before it say "host")."""
+    return config.get("noise") == "discrete"
 
 
 def max_radius(config: dict, factor: float | None = None) -> float | None:
@@ -94,7 +99,7 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         "alpha": config.get("alpha"),
         "patches": config.get("patches"),
         "noise_space": config.get("noise_space"),
-        "holds_in_floating_point": config.get("noise") == "discrete",
+        "holds_in_floating_point": holds_in_floating_point(config),
         "n": config.get("n"),
         "inputs": count,
         "labelled": scored,
@@ -262,6 +267,10 @@ def cap_notes(summaries: list[dict], radii=None) -> list[str]:
                      f"radius above {cap:.3g}{sigma} (σ·Φ⁻¹(α^(1/n))); {', '.join(over)} "
                      f"{'is' if len(over) == 1 else 'are'} 0 by construction, whatever the model "
                      "(a larger n reaches further)")
+    inexact = [s.get("label") or s["run"] for s in summaries if not s["holds_in_floating_point"]]
+    if inexact:
+        notes.append(f"float-noise: {', '.join(inexact)} drew float noise, whose radii do not hold in floating "
+                     "point (a model can be crafted to read the sampler; docs/soundness.md)")
     return notes
 
 

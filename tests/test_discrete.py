@@ -201,7 +201,14 @@ def test_cli_runs_records_and_marks_the_sampler(tmp_path, capsys, prototype_run)
     assert config["sampler"]["clip"] == [-383, 255 + 383] and config["sampler"]["rounded_on_load"] is False
     assert table.column("error").null_count == table.num_rows
     code, report_out, _ = srtool_cli("report", out, capsys=capsys)
-    assert code == 0 and "✓fp" in report_out
+    assert code == 0 and "float-noise" not in report_out
+    float_out = tmp_path / "f.parquet"
+    code, _, err = srtool_cli("certify", "--model", model, "--images", data, "--n0", 10, "--n", 50, "--threads", 1,
+                              "--noise", "host", "--out", float_out, "--quiet", capsys=capsys)
+    assert code == 0 and "warning: float noise sampler" in err
+    assert read(float_out)[1]["sampler"] == {"kind": "float", "radii_hold_in_floating_point": False}
+    code, report_out, report_err = srtool_cli("report", out, float_out, capsys=capsys)
+    assert code == 0 and report_out.count("float-noise") == 1 and "float-noise:" in report_err
 
 
 def test_resized_images_are_rounded_to_the_grid(tmp_path, capsys, make_linear):
