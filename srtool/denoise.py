@@ -197,14 +197,14 @@ def _read_level(denoiser: Denoiser, others: list, meta: dict, what: str) -> None
         raise UsageError(f"{what} takes {len(others) + 1} inputs; a denoiser takes the image and at most a "
                          "noise level")
     scale = meta.get("sigma_scale", 1.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-        raise UsageError(f"{what}: srtool.denoiser sigma_scale must be a positive number")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < math.inf:
+        raise UsageError(f"{what}: srtool.denoiser sigma_scale must be a positive finite number")
     denoiser.sigma_scale = float(scale)
     if "sigma_range" in meta:
         low_high = meta["sigma_range"]
         if not (isinstance(low_high, list) and len(low_high) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in low_high)
-                and 0 <= low_high[0] <= low_high[1]):
+                and 0 <= low_high[0] <= low_high[1] < math.inf):
             raise UsageError(f"{what}: srtool.denoiser sigma_range must be [low, high] in [0,1] pixel units")
         denoiser.sigma_range = (float(low_high[0]), float(low_high[1]))
     if others:
@@ -233,9 +233,7 @@ def _read_diffusion(denoiser: Denoiser, others: list, meta: dict, what: str) -> 
         ok = isinstance(table, list) and len(table) >= 1 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in table)
         alphas = np.asarray(table, dtype=np.float64) if ok else np.zeros(0)
-        if not ok or not np.all((alphas > 0) & (alphas < 1)) or np.any(np.diff(alphas) >= 0):
-            raise UsageError(f"{what}: srtool.diffusion alphas_cumprod must be a decreasing list of numbers "
-                             "in (0, 1)")
+        _check_alphas(alphas, f"{what}: srtool.diffusion alphas_cumprod")
         denoiser.schedule = {"alphas_cumprod": "table"}
     else:
         name, steps = meta.get("schedule"), meta.get("steps")
@@ -243,6 +241,8 @@ def _read_diffusion(denoiser: Denoiser, others: list, meta: dict, what: str) -> 
             raise UsageError(f"{what}: srtool.diffusion needs schedule ({' or '.join(SCHEDULES)}) and steps "
                              "(a whole number), or alphas_cumprod")
         alphas = named_schedule(name, steps)
+        _check_alphas(alphas, f"{what}: srtool.diffusion's {name} schedule of {steps} steps",
+                      " (a linear schedule's β reaches 0.02·1000/steps: give it more steps)")
         denoiser.schedule = {"schedule": name, "steps": steps}
     data_range = meta.get("data_range", [-1, 1])
     if data_range != [-1, 1]:
@@ -255,6 +255,13 @@ def _read_diffusion(denoiser: Denoiser, others: list, meta: dict, what: str) -> 
     denoiser.rescale_timesteps = meta.get("rescale_timesteps", False)
     denoiser.learn_sigma = meta.get("learn_sigma", False)
     denoiser.schedule.update(rescale_timesteps=denoiser.rescale_timesteps, learn_sigma=denoiser.learn_sigma)
+
+
+def _check_alphas(alphas: np.ndarray, what: str, hint: str = "") -> None:
+    """ᾱ_t, tables and named schedules alike: every value in (0, 1] and strictly decreasing, or the
+    one-shot step would take the square root of a negative number or divide by zero."""
+    if not (alphas.size and np.all((alphas > 0) & (alphas <= 1)) and np.all(np.diff(alphas) < 0)):
+        raise UsageError(f"{what} must give a strictly decreasing ᾱ_t in (0, 1]{hint}")
 
 
 @dataclass(frozen=True)

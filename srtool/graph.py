@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, version_converter
 from .denoise import Denoising
 from .errors import UsageError
 from .model import Model
+from .per_copy import check_classifier, check_denoiser
 from .plan import Plan
 from .resize import resize_nodes
 
@@ -61,6 +62,7 @@ class Builder:
         self.functions: list[onnx.FunctionProto] = []
         self.domains: dict[str, int] = {}  # custom opset domains the members import → version
         self.ir_version = 0
+        self.invalid: list[str] = []  # (B,) bool per copy from the head: a stage whose output is not finite
         self._count = 0
 
     def name(self, hint: str) -> str:
@@ -269,6 +271,8 @@ def _denoise(b: Builder, stage: Denoising, noisy: str) -> str:
     A Gaussian denoiser is applied as it is (a non-blind one is fed its noise level). A diffusion UNet
     runs once at the stage's step t*: x_t = √ᾱ·(2y − 1), x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ clamped to
     [−1, 1], returned as (x̂₀ + 1)/2 (srtool.denoise says why x_t has exactly the step's noise).
+    A copy whose denoised image is not finite (NaN or ±inf from the denoiser, or from ε̂) is invalid,
+    whatever a later clip or the classifier would make of it: its flag goes to `b.invalid`.
     """
     model = stage.model
     proto = _at_opset(model, b.opset)
@@ -276,7 +280,9 @@ def _denoise(b: Builder, stage: Denoising, noisy: str) -> str:
     if model.kind == "denoiser":
         if model.level_input:
             feeds[model.level_input] = _per_copy(b, noisy, stage.level, model.level_shape, TensorProto.FLOAT)
-        return _splice(b, proto, "d", feeds, model.output_name)
+        denoised = _splice(b, proto, "d", feeds, model.output_name)
+        b.invalid.append(_not_finite(b, denoised, [1, 2, 3]))
+        return denoised
     signal, noise_scale = stage.coefficients()
     x_t = b.node("Mul", [b.node("Sub", [b.node("Mul", [noisy, b.scalar(2.0)]), b.scalar(1.0)]), b.scalar(signal)])
     feeds[model.input_name] = x_t
@@ -285,6 +291,7 @@ def _denoise(b: Builder, stage: Denoising, noisy: str) -> str:
     if model.learn_sigma:  # ε̂ is the first C channels, the variance the rest
         eps = b.node("Slice", [eps, b.const([0]), b.const([model.input_shape[0]]), b.const([1])])
     x0 = b.node("Div", [b.node("Sub", [x_t, b.node("Mul", [eps, b.scalar(noise_scale)])]), b.scalar(signal)])
+    b.invalid.append(_not_finite(b, x0, [1, 2, 3]))  # before the clip, which would make +inf ε̂ a black image
     x0 = b.node("Clip", [x0, b.scalar(-1.0), b.scalar(1.0)])
     return b.node("Mul", [b.node("Add", [x0, b.scalar(1.0)]), b.scalar(0.5)])
 
@@ -332,7 +339,7 @@ def _vote(b: Builder, scores: list[str], reduce: str, output: str | None = None)
     return b.node("Where", [bad, b.const([INVALID_VOTE]), best], output)
 
 
-def _consensus_votes(b: Builder, k: int, members: int, member_scores, reduce: str) -> None:
+def _consensus_votes(b: Builder, k: int, members: int, member_scores, reduce: str, output: str) -> None:
     """VOTES and ESCALATED of K-consensus: members after the k-th run only where the first k disagree.
 
     An agreed copy votes the agreed class (also INVALID_VOTE, when all k found non-finite scores);
@@ -367,7 +374,7 @@ def _consensus_votes(b: Builder, k: int, members: int, member_scores, reduce: st
     b.nodes = outer
     agreed = helper.make_graph([helper.make_node("Identity", [votes[0]], ["srtool/agreed"])], "srtool_agreed",
                                [], [helper.make_tensor_value_info("srtool/agreed", TensorProto.INT64, None)])
-    b.node("If", [b.node("Greater", [escalated, b.const([0])])], VOTES,
+    b.node("If", [b.node("Greater", [escalated, b.const([0])])], output,
            then_branch=escalate, else_branch=agreed)
 
 
@@ -408,12 +415,18 @@ def assemble(models: Model | list[Model], inputs: list, head, views: int | str, 
         return _scores(b, logits, views, chunks, reduce)
 
     outputs = [helper.make_tensor_value_info(VOTES, TensorProto.INT64, ["batch"])]
+    votes = b.name("votes") if b.invalid else VOTES
     if k:
-        _consensus_votes(b, k, len(models), member_scores, reduce)
+        _consensus_votes(b, k, len(models), member_scores, reduce, votes)
         outputs.append(helper.make_tensor_value_info(ESCALATED, TensorProto.INT64, [1]))
         outputs.append(helper.make_tensor_value_info(ESCALATED_COPIES, TensorProto.BOOL, ["batch"]))
     else:
-        _vote(b, [member_scores(i, MODEL_INPUT) for i in range(len(models))], reduce, VOTES)
+        _vote(b, [member_scores(i, MODEL_INPUT) for i in range(len(models))], reduce, votes)
+    if b.invalid:  # the head's stages found a copy not finite: it votes for no class
+        invalid = b.invalid[0]
+        for flag in b.invalid[1:]:
+            invalid = b.node("Or", [invalid, flag])
+        b.node("Where", [invalid, b.const([INVALID_VOTE]), votes], VOTES)
 
     # The members' value_info is left out: it may pin a batch size that no longer holds.
     graph = helper.make_graph(b.nodes, f"srtool_sampling_{reduce}_{views}", inputs, outputs, initializer=b.inits)
@@ -426,6 +439,13 @@ def assemble(models: Model | list[Model], inputs: list, head, views: int | str, 
     return out
 
 
+def check_per_copy(models: Model | list[Model], view_shape: tuple[int, ...]) -> None:
+    """Every classifier of the graph votes per copy (srtool.per_copy), on views of `view_shape`."""
+    models = [models] if isinstance(models, Model) else list(models)
+    for i, model in enumerate(models):
+        check_classifier(model, view_shape, f"ensemble member {i + 1}" if len(models) > 1 else "model")
+
+
 def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | None = None,
                    denoising: Denoising | None = None) -> onnx.ModelProto:
     """The image graph: noisy points in the plan's noise space → [denoiser] → k views → model(s) → votes.
@@ -435,6 +455,9 @@ def sampling_graph(models: Model | list[Model], plan: Plan, consensus: int | Non
     """
     c = plan.input_shape[0]
     ph, pw = plan.patch_hw
+    check_per_copy(models, (c, ph, pw))
+    if denoising is not None:
+        check_denoiser(denoising, plan.input_shape)
     inputs = [helper.make_tensor_value_info(NOISY, TensorProto.FLOAT, ["batch", *plan.noise_shape])]
     if plan.noise_space != "patch" and plan.crops:
         per_copy = ["batch"] if plan.sampling == "random" else []  # random positions: one set per copy

@@ -43,7 +43,7 @@ from onnx import TensorProto, helper
 
 from .data import Dataset, Item, _read_labels_csv, align_labels, class_folders  # noqa: F401 (re-exported)
 from .errors import InputError, UsageError
-from .graph import NOISY, OFFSETS, Builder, assemble
+from .graph import NOISY, OFFSETS, Builder, assemble, check_per_copy
 from .model import Model
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -588,6 +588,7 @@ def sampling_graph(models: Model | list[Model], layout: VideoLayout,
     are reduced together.
     """
     c, m, h, w = layout.view_shape
+    check_per_copy(models, layout.view_shape)
     if layout.noise_space == "input":
         noisy_dims = ["batch", c, "frames", h, w]
     else:
