@@ -637,7 +637,8 @@ def discrete_sampler_metadata(sigma: float, run: Run, plan) -> dict:
     else:
         resized = plan.input_shape[0] == 1
     return {"kind": "discrete", "grid": noise.GRID, "clip": [-table.tail, noise.GRID + table.tail],
-            "lumped_at": table.half_width, "threshold_bits": 64, "cdf_digits": noise.CDF_DIGITS,
+            "lumped_at": table.half_width, "threshold_bits": 64, "prefix_bits": noise.PREFIX_BITS,
+            "cdf_digits": noise.CDF_DIGITS,
             "rounded_on_load": resized, "radii_hold_in_floating_point": True}
 
 

@@ -163,16 +163,24 @@ CDF_DIGITS = 40  # decimal digits of the CDF behind the thresholds: errors far b
 
 
 class DiscreteTable:
-    """An exact sampler of j, the discretized Gaussian in grid steps, from one 64-bit draw each.
+    """The exact law of j, the discretized Gaussian in grid steps, and its fast exact sampler.
 
     P(j) = Φ((j + ½)/(255σ)) − Φ((j − ½)/(255σ)), with the tails j ≤ −J and j ≥ J lumped into ±J,
     J = 255 + T: every such j takes any pixel 0..255 past the clip bound, so the noisy image after
     the clip is the same as with the exact j. The weights are integers w_j = C_j − C_{j−1} with
     C_j = round(2^64·CDF(j + ½)) from a 40-digit CDF (mpmath), so they sum to 2^64 exactly and
-    each P(j) is met within 2^-64. An alias table of 2^b buckets holds them exactly in integers:
-    a draw's top b bits pick bucket i, and the draw itself against the bucket's cut picks i or its
-    alias, so P(sampled j) = w_j / 2^64 exactly.
+    each P(j) is met within 2^-64.
+
+    Sampling inverts the integer CDF: a uniform 64-bit U falls in bin k (j = k − J) when
+    C_{k−1} ≤ U < C_k, so P(k) = w_k / 2^64 exactly. U is never drawn whole where it need not be:
+    its top 16 bits (the prefix) alone decide the bin unless one of the 2J internal thresholds lies
+    strictly inside the prefix's interval [p·2^48, (p+1)·2^48). `prefix_bins[p]` is that bin, or
+    AMBIGUOUS for the few prefixes a threshold splits (0.4% of the mass at σ = 0.12, 2.6% at σ = 1);
+    only those draw U's low 48 bits and search the thresholds (`refine`). Prefix and low bits are
+    independent uniform bits, so U is uniform on 0..2^64−1 either way (docs/soundness.md).
     """
+
+    AMBIGUOUS = -1
 
     def __init__(self, sigma: float):
         import mpmath
@@ -180,66 +188,46 @@ class DiscreteTable:
         self.sigma = float(sigma)
         self.tail = int(np.ceil(TAIL_SIGMAS * GRID * self.sigma))  # T
         self.half_width = GRID + self.tail  # J
-        size = 2 * self.half_width + 1
-        self.bits = max(1, int(size - 1).bit_length())
-        buckets = 1 << self.bits
         with mpmath.workdps(CDF_DIGITS):
             scale = mpmath.mpf(GRID) * mpmath.mpf(self.sigma)
             top = mpmath.mpf(2) ** 64
             cumulative = [0] + [int(mpmath.nint(top * mpmath.ncdf((j + mpmath.mpf(0.5)) / scale)))
                                 for j in range(-self.half_width, self.half_width)] + [1 << 64]
         self.weights = [b - a for a, b in zip(cumulative, cumulative[1:])]  # w_j for j = -J..J
-        self.weights += [0] * (buckets - size)  # empty buckets past the table
-        capacity = (1 << 64) >> self.bits
-        cut, alias = [capacity] * buckets, list(range(buckets))
-        left = list(self.weights)
-        small = [i for i in range(buckets) if left[i] < capacity]
-        large = [i for i in range(buckets) if left[i] > capacity]
-        while small and large:  # Walker/Vose in integers: each bucket gets its own mass and one alias
-            s, l = small.pop(), large[-1]
-            cut[s], alias[s] = left[s], l
-            left[l] -= capacity - left[s]
-            if left[l] < capacity:
-                large.pop()
-                small.append(l)
-            elif left[l] == capacity:
-                large.pop()
-        # One 64-bit word per bucket: the cut (draws whose low 64-b bits lie below it keep the bucket's
-        # own j) above b bits of alias. A full bucket is written as cut capacity-1 with itself as
-        # alias, so the cut fits in 64-b bits and the last value still picks the bucket's own j.
-        self.packed = np.array([(min(cut[i], capacity - 1) << self.bits) | (alias[i] if cut[i] < capacity else i)
-                                for i in range(buckets)], dtype=np.uint64)
+        # The internal thresholds C_k (k = 1..2J) below 2^64; one that rounds to 2^64 closes bins no
+        # 64-bit U reaches. The bin of U is the number of thresholds ≤ U.
+        self.thresholds = np.array([c for c in cumulative[1:-1] if c < 1 << 64], dtype=np.uint64)
+        starts = np.arange(1 << PREFIX_BITS, dtype=np.uint64) << np.uint64(64 - PREFIX_BITS)
+        first = np.searchsorted(self.thresholds, starts, side="right")
+        last = np.searchsorted(self.thresholds, starts + np.uint64((1 << (64 - PREFIX_BITS)) - 1), side="right")
+        # int16 where every x_int + bin fits (σ up to about 10), so the gathers move half the bytes
+        self.dtype = np.int16 if GRID + 2 * self.half_width < 2**15 else np.int32
+        self.prefix_bins = np.where(first == last, first, self.AMBIGUOUS).astype(self.dtype)
+        self.ambiguous_share = float(np.mean(first != last))  # of the prefixes, each of mass 2^-16
+        # clip(x_int + j, -T, 255 + T) / 255 in float32 for every x_int + bin = x_int + j + J: the sum is
+        # formed in integers and divided once, here.
+        sums = np.arange(GRID + 2 * self.half_width + 1) - self.half_width
+        self.noisy_values = np.divide(np.clip(sums, -self.tail, GRID + self.tail), np.float32(GRID),
+                                      dtype=np.float32)
 
     def probabilities(self) -> np.ndarray:
-        """The probability the table gives each j = -J..J, as float64 (exactly w_j / 2^64, rounded)."""
-        return np.array(self.weights[:2 * self.half_width + 1], dtype=np.float64) / 2.0 ** 64
+        """The probability of each j = -J..J, as float64 (exactly w_j / 2^64, rounded)."""
+        return np.array(self.weights, dtype=np.float64) / 2.0 ** 64
 
-    def sample(self, draws: np.ndarray) -> np.ndarray:
-        """j + J (0..2J, int64) for each uint64 draw (at most DISCRETE_BLOCK); `draws` is overwritten."""
-        bucket, entry, cut, own = (array[:len(draws)] for array in _discrete_work_arrays())
-        np.right_shift(draws, np.uint64(64 - self.bits), out=bucket)
-        np.take(self.packed, bucket.view(np.int64), out=entry)
-        np.bitwise_and(draws, np.uint64((1 << (64 - self.bits)) - 1), out=draws)  # the draw within its bucket
-        np.right_shift(entry, np.uint64(self.bits), out=cut)
-        np.less(draws, cut, out=own)
-        alias = np.bitwise_and(entry, np.uint64((1 << self.bits) - 1), out=entry).view(np.int64)
-        steps = bucket.view(np.int64)
-        steps -= alias  # own ? bucket : alias, as alias + own·(bucket - alias)
-        steps *= own
-        steps += alias
-        return steps
+    def refine(self, prefixes: np.ndarray, low_bits: np.ndarray) -> np.ndarray:
+        """The bins of U = prefix·2^48 + low bits (uint64 each, low bits < 2^48): the exact search."""
+        whole = (prefixes.astype(np.uint64) << np.uint64(64 - PREFIX_BITS)) | low_bits
+        return np.searchsorted(self.thresholds, whole, side="right")
+
+    def refinement_budget(self, values: int) -> int:
+        """Refinement draws reserved per copy of `values` values: the expected count of ambiguous values
+        and a wide margin (a copy that needs more draws the rest from a stream of its own)."""
+        expected = values * self.ambiguous_share
+        return int(np.ceil(expected + 4 * np.sqrt(expected) + 4))
 
 
-DISCRETE_BLOCK = 15_000  # values per step: every array under glibc's 128 KiB mmap threshold
-
-
-def _discrete_work_arrays() -> tuple[np.ndarray, ...]:
-    """This thread's bucket, table entry, cut (uint64) and keep (bool) arrays for DiscreteTable.sample."""
-    arrays = getattr(_scratch, "discrete", None)
-    if arrays is None:
-        arrays = tuple(np.empty(DISCRETE_BLOCK, dtype) for dtype in (np.uint64, np.uint64, np.uint64, bool))
-        _scratch.discrete = arrays
-    return arrays
+PREFIX_BITS = 16  # of U, looked up in a table; part of the noise's definition, as SEGMENT is
+BLOCK_VALUES = 1 << 16  # values per vectorized step (whole copies where they fit): speed only
 
 
 _tables: dict[float, DiscreteTable] = {}
@@ -271,36 +259,78 @@ def grid_integers(clean: np.ndarray) -> np.ndarray | None:
 class DiscreteGaussian:
     """Exact discretized Gaussian noise on the 1/255 grid for one input and purpose, copy by copy.
 
-    The same stream and the same fill() as Gaussian, one 64-bit draw per value (copy j starts at
-    draw j·d): the noisy value is clip(x_int + j, -T, 255 + T) / 255, the sum formed in integers
-    and divided once in float32, so the model's input is a function of the sum alone.
+    Value i of copy c reads 16 bits from the input's stream (the same stream Gaussian reads): lane
+    i % 4 of draw c·ceil(d/4) + i // 4, lanes from the low bits up. The ambiguous few (DiscreteTable)
+    read their low 48 bits from a second stream of the input: copy c's k-th ambiguous value the top
+    48 bits of draw c·B + k, B = refinement_budget(d); past B (rarely), draw k − B of a stream of that
+    copy alone. So copy c's noise is a fixed function of (seed, input, purpose, c), whatever batch
+    draws it. The noisy value is clip(x_int + j, -T, 255 + T) / 255, the sum formed in integers and
+    divided once in float32, so the model's input is a function of the integer sum alone.
     """
 
     def __init__(self, seed: int, index: int, purpose: int):
+        self._key = (seed, index, purpose)
         self._start = np.random.PCG64DXSM(_seed_sequence(seed, index, purpose)).state  # Gaussian's stream
+        self._refinement_start = np.random.PCG64DXSM(_refinement_sequence(seed, index, purpose)).state
+        self._clean, self._x_int = None, None
 
     def fill(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
         if not out.flags.c_contiguous:
             raise ValueError("noise goes into a C-contiguous batch buffer")
-        x_int = grid_integers(clean)
-        if x_int is None:
-            raise ValueError("--noise discrete needs inputs on the 1/255 grid")
         table = discrete_table(sigma)
+        x_int = self._integers(clean, table)
         copies = out.reshape(len(out), -1)
         values = copies.shape[1]
-        x_shifted = x_int.reshape(-1) - table.half_width  # + (j + J) below gives x_int + j
-        bits = _positioned(self._start, first_copy * values)
-        # Draws run copy-major, one per value, so blocks may cut copies anywhere; the clean integers
-        # repeated past one block's length line up with a block starting at any value of a copy.
-        flat, x_repeated = copies.reshape(-1), np.tile(x_shifted, DISCRETE_BLOCK // values + 2)
-        for start in range(0, flat.size, DISCRETE_BLOCK):
-            rows = flat[start:start + DISCRETE_BLOCK]
-            noisy = table.sample(bits.random_raw(rows.size))
-            offset = start % values
-            noisy += x_repeated[offset:offset + rows.size]
-            np.clip(noisy, -table.tail, GRID + table.tail, out=noisy)
-            np.divide(noisy, np.float32(GRID), out=rows, dtype=np.float32, casting="unsafe")
+        draws, budget = -(-values // 4), table.refinement_budget(values)
+        primary = _positioned(self._start, first_copy * draws)
+        refinement = _positioned(self._refinement_start, first_copy * budget)
+        per_block = max(1, BLOCK_VALUES // values)
+        for start in range(0, len(copies), per_block):
+            rows = copies[start:start + per_block]
+            lanes = primary.random_raw(len(rows) * draws).astype("<u8", copy=False).view("<u2")
+            prefixes = lanes.reshape(len(rows), 4 * draws)[:, :values]
+            bins = np.take(table.prefix_bins, prefixes, mode="clip")  # every index is in range: no check
+            ambiguous = np.flatnonzero(bins < 0)
+            low_bits = refinement.random_raw(len(rows) * budget).reshape(len(rows), budget)
+            if ambiguous.size:
+                self._refine(table, bins, prefixes, ambiguous, low_bits, first_copy + start, budget)
+            bins += x_int
+            np.take(table.noisy_values, bins, out=rows, mode="clip")
         return out
+
+    def _integers(self, clean: np.ndarray, table: DiscreteTable) -> np.ndarray:
+        """x_int of `clean` (flat, the table's integer type), kept for the next call with the same
+        array: an input's calls all pass its one clean point, and checking the grid costs more than
+        the noise."""
+        if self._clean is not clean:
+            x_int = grid_integers(clean)
+            if x_int is None:
+                raise ValueError("--noise discrete needs inputs on the 1/255 grid")
+            self._clean, self._x_int = clean, x_int.reshape(-1)
+        return self._x_int.astype(table.dtype, copy=False)
+
+    def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, first_copy: int,
+                budget: int) -> None:
+        """Resolve the ambiguous values (flat indices into `bins`, copy-major) in place."""
+        values = bins.shape[1]
+        row = ambiguous // values
+        per_row = np.bincount(row, minlength=len(bins))
+        rank = np.arange(ambiguous.size) - (np.cumsum(per_row) - per_row)[row]  # k: its place in its copy
+        within = rank < budget
+        drawn = np.empty(ambiguous.size, np.uint64)
+        drawn[within] = low_bits[row[within], rank[within]]
+        for copy in np.unique(row[~within]):  # past the budget: that copy's own stream
+            mine = np.flatnonzero((row == copy) & ~within)
+            overflow = np.random.PCG64DXSM(_refinement_sequence(*self._key, first_copy + int(copy)))
+            drawn[mine] = overflow.random_raw(mine.size)
+        drawn >>= np.uint64(PREFIX_BITS)  # the top 48 bits
+        bins.reshape(-1)[ambiguous] = table.refine(prefixes.reshape(-1)[ambiguous], drawn)
+
+
+def _refinement_sequence(seed: int, index: int, purpose: int, copy: int | None = None) -> np.random.SeedSequence:
+    """The stream of the ambiguous values' low bits, of one input and purpose (or of one copy, past
+    its budget): spawn keys that no per-input stream uses."""
+    return np.random.SeedSequence(seed, spawn_key=(index, purpose, 1) if copy is None else (index, purpose, 2, copy))
 
 
 KINDS = ("gaussian", "discrete")

@@ -34,14 +34,25 @@ def exact_probability(j: int, table: noise.DiscreteTable) -> mpmath.mpf:
         return upper - lower
 
 
-def alias_weights(table: noise.DiscreteTable) -> list[int]:
-    """How many of the 2^64 draws give each j = -J..J, read off the packed alias table in integers."""
-    capacity = (1 << 64) >> table.bits
-    counts = [0] * (1 << table.bits)
-    for bucket, entry in enumerate(table.packed.tolist()):
-        cut, alias = entry >> table.bits, entry & ((1 << table.bits) - 1)
-        counts[bucket] += cut  # draws below the cut keep the bucket's own j …
-        counts[alias] += capacity - cut  # … the rest go to its alias
+def sampled_weights(table: noise.DiscreteTable) -> list[int]:
+    """How many of the 2^64 values of U give each j = -J..J, read off the prefix table and the
+    thresholds in integers: a decided prefix gives its whole 2^48 to its bin; an ambiguous one is cut
+    at the thresholds inside it, each piece going where `refine` sends its first value."""
+    width = 1 << (64 - noise.PREFIX_BITS)
+    counts = [0] * (2 * table.half_width + 1)
+    thresholds = [int(t) for t in table.thresholds]
+    for prefix, decided in enumerate(table.prefix_bins.tolist()):
+        if decided != table.AMBIGUOUS:
+            counts[decided] += width
+            continue
+        low, high = prefix * width, (prefix + 1) * width
+        cuts = [low] + [t for t in thresholds if low < t < high] + [high]
+        for start, stop in zip(cuts, cuts[1:]):
+            if start == stop:  # an empty bin (a weight of 0 in the far tail): no U lands there
+                continue
+            piece = table.refine(np.array([prefix], np.uint64), np.array([start - low], np.uint64))
+            assert table.refine(np.array([prefix], np.uint64), np.array([stop - 1 - low], np.uint64)) == piece
+            counts[int(piece[0])] += stop - start
     return counts
 
 
@@ -50,8 +61,7 @@ def test_integer_weights_are_the_exact_probabilities(sigma):
     table = noise.DiscreteTable(sigma)
     assert table.half_width == 255 + int(np.ceil(6 * 255 * sigma))
     weights = table.weights[:2 * table.half_width + 1]
-    assert sum(weights) == 1 << 64 and min(weights) >= 0
-    assert all(w == 0 for w in table.weights[2 * table.half_width + 1:])  # padding buckets: never drawn
+    assert sum(weights) == 1 << 64 and min(weights) >= 0 and len(table.weights) == len(weights)
     # every 7th j and the lumped ends: within 1 of 2^64·P(j) (two roundings of ½ each)
     for j in [*range(-table.half_width, table.half_width + 1, 7), table.half_width]:
         with mpmath.workdps(60):
@@ -60,10 +70,21 @@ def test_integer_weights_are_the_exact_probabilities(sigma):
     assert weights == weights[::-1]
 
 
-@pytest.mark.parametrize("sigma", SIGMAS)
-def test_alias_table_holds_exactly_the_weights(sigma):
+@pytest.mark.parametrize("sigma", [*SIGMAS, 1.0])
+def test_prefix_table_and_refinement_hold_exactly_the_weights(sigma):
     table = noise.discrete_table(sigma)
-    assert alias_weights(table) == table.weights
+    assert sampled_weights(table) == table.weights
+    assert 0 < table.ambiguous_share < 0.03  # the table decides almost every value from 16 bits
+
+
+def test_copies_past_their_refinement_budget_stay_exact_and_reproducible(monkeypatch):
+    """A budget of 0 sends every ambiguous value to its copy's own stream: the law is the same
+    (chi-square) and copy j is still the same in any batch."""
+    monkeypatch.setattr(noise.DiscreteTable, "refinement_budget", lambda self, values: 0)
+    clean = np.full((1, 16, 16), np.float32(128) / np.float32(255))
+    whole = draw(60, clean, sigma=1.0, seed=3)
+    assert np.array_equal(np.concatenate([draw(25, clean, 1.0, 0, 3), draw(35, clean, 1.0, 25, 3)]), whole)
+    check_law(whole, 1.0)
 
 
 def test_the_lumped_tails_change_no_noisy_image():
@@ -85,9 +106,13 @@ def draw(copies: int, clean: np.ndarray, sigma: float = 0.25, first: int = 0, se
 def test_draws_follow_the_law_chi_square():
     """A mid-grey image (no clipping within ±J of 128 matters here): the counts of j against the
     table's probabilities, bins with small expectations pooled; the seed is fixed."""
-    sigma = 0.25
     clean = np.full((1, 16, 16), np.float32(128) / np.float32(255))
-    j = np.rint(draw(400, clean, sigma).astype(np.float64) * 255).astype(int).ravel() - 128
+    check_law(draw(400, clean, 0.25), 0.25)
+
+
+def check_law(noisy: np.ndarray, sigma: float) -> None:
+    """Chi-square of the steps j of noisy copies of a mid-grey image against the table's law."""
+    j = np.rint(noisy.astype(np.float64) * 255).astype(int).ravel() - 128
     table = noise.discrete_table(sigma)
     expected = table.probabilities() * j.size
     observed = np.bincount(j + table.half_width, minlength=len(expected))
@@ -109,7 +134,7 @@ def test_the_sum_is_formed_in_integers_and_divided_once():
     assert s.min() >= -table.tail and s.max() <= 255 + table.tail
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 7, 5), (1, noise.DISCRETE_BLOCK + 3)])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 7, 5), (1, noise.BLOCK_VALUES + 3), (2, 101, 3)])
 def test_copy_j_is_the_same_in_any_batch(shape):
     clean = (np.random.default_rng(0).integers(0, 256, shape) / np.float32(255)).astype(np.float32)
     whole = draw(7, clean, seed=4)
