@@ -442,6 +442,7 @@ def assemble(models: Model | list[Model], inputs: list, head, views: int | str, 
 def check_per_copy(models: Model | list[Model], view_shape: tuple[int, ...]) -> None:
     """Every classifier of the graph votes per copy (srtool.per_copy), on views of `view_shape`."""
     models = [models] if isinstance(models, Model) else list(models)
+    check_members(models)  # first: a member that cannot take the others' views is said so
     for i, model in enumerate(models):
         check_classifier(model, view_shape, f"ensemble member {i + 1}" if len(models) > 1 else "model")
 

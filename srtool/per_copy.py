@@ -98,7 +98,7 @@ def probe(proto: onnx.ModelProto, what: str, key: tuple, feeds, output_name: str
     """
     import time
 
-    from .engine import make_session
+    from .engine import make_session, runtime_failure
 
     if key in _checked:
         return _checked[key]
@@ -114,10 +114,12 @@ def probe(proto: onnx.ModelProto, what: str, key: tuple, feeds, output_name: str
                 made = copies(LARGE_BATCH)
             try:
                 out = np.asarray(session.run([output_name], feeds(made[rows]))[0], dtype=np.float64)
-            except UsageError:
-                raise
             except Exception as error:  # ONNX Runtime's own exception types
-                raise UsageError(f"{what} cannot run on a batch of {len(rows)}: {str(error).splitlines()[0]}") from None
+                failure = runtime_failure(error)
+                if failure is None:
+                    raise
+                raise UsageError(f"{what} failed on a batch of {len(rows)} noisy copies at load (ONNX Runtime: "
+                                 f"{failure})") from None
             if expected_shape is not None and tuple(out.shape) != tuple(expected_shape(len(rows))):
                 raise UsageError(f"{what} returns {'×'.join(map(str, out.shape))} for {len(rows)} input(s), not "
                                  f"{'×'.join(map(str, expected_shape(len(rows))))}")

@@ -93,7 +93,7 @@ def scene(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()
     WEIGHTS.tofile(tmp_path / "w.bin")  # where ORT would look for a relative location: never read
-    x = np.random.default_rng(1).random((4, 1, 4, 4)).astype(np.float32)
+    x = (np.random.default_rng(1).integers(0, 256, (4, 1, 4, 4)) / np.float32(255)).astype(np.float32)  # 8-bit
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 0]))
     return tmp_path
 
@@ -323,8 +323,38 @@ def failing_on_noise_model() -> onnx.ModelProto:
 
 def test_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
     """Was: exit 1 "unexpected InvalidArgument", after ORT's own log line on stderr."""
-    err = refused(scene, failing_on_noise_model(), capsys, "error: the model failed on a batch of noisy copies "
-                  "(ONNX Runtime: Non-zero status code returned while running Gather node.")
+    err = refused(scene, failing_on_noise_model(), capsys, "error: model model.onnx failed on a batch of 3 noisy "
+                  "copies at load (ONNX Runtime: Non-zero status code returned while running Gather node.")
+    assert "[E:onnxruntime" not in err
+
+
+def failing_on_large_batches_model() -> onnx.ModelProto:
+    """Passes the load probe (batches of at most 64); a batch of 100 copies or more reads past the
+    end of a Gather and ONNX Runtime raises mid-run."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+             helper.make_node("Greater", ["n", "ninety_nine"], ["large"]),
+             helper.make_node("Cast", ["large"], ["index"], to=TensorProto.INT64),
+             helper.make_node("Mul", ["index", "thousand"], ["far"]),
+             helper.make_node("Gather", ["bias", "far"], ["row"], axis=0),
+             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "W"], ["xw"]),
+             helper.make_node("Add", ["xw", "row"], ["logits"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array(99, np.int64), "ninety_nine"),
+             numpy_helper.from_array(np.array(1000, np.int64), "thousand"),
+             numpy_helper.from_array(np.zeros((1, 3), np.float32), "bias"), numpy_helper.from_array(WEIGHTS, "W")]
+    graph = helper.make_graph(nodes, "failing", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="srtool.sigma", value="0.25")
+    return model
+
+
+def test_a_model_that_fails_mid_run_is_one_line(scene, capsys):
+    err = refused(scene, failing_on_large_batches_model(), capsys, "the model failed on a batch of noisy "
+                  "copies (ONNX Runtime: Non-zero status code returned while running Gather node.",
+                  extra=["--batch", 128])
     assert "[E:onnxruntime" not in err
 
 
@@ -341,7 +371,8 @@ def test_bench_on_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
     model = scene / "m" / "failing.onnx"
     model.write_bytes(failing_on_noise_model().SerializeToString())
     code, _, err = srtool("bench", "--model", model, "--seconds", 0.2, "--threads", 1, capsys=capsys)
-    assert code == 2 and err.strip().startswith("error: the model failed in ONNX Runtime: Non-zero status code returned while running Gather"), err
+    assert code == 2 and err.strip().startswith("error: model failing.onnx failed on a batch of 3 noisy copies at load "
+                                                "(ONNX Runtime: Non-zero status code returned while running Gather"), err
     assert len(err.strip().splitlines()) == 1
 
 
