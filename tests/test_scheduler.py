@@ -128,18 +128,20 @@ def test_segments_cover_every_requested_copy_once_in_full_calls(linear_counter):
 
 
 def _extra_rows_model(path) -> str:
-    """Logits of a 2-class linear model, plus one extra row whenever the batch is odd."""
+    """Logits of a 2-class linear model, plus one extra row whenever the batch is 5 (the
+    load probe's batches are 3, 2, 1 and 64)."""
     nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
              helper.make_node("MatMul", ["flat", "W"], ["logits"]),
              helper.make_node("Shape", ["logits"], ["shape"]),
              helper.make_node("Slice", ["shape", "zero", "one"], ["rows"]),
-             helper.make_node("Mod", ["rows", "two"], ["extra"]),
+             helper.make_node("Equal", ["rows", "five"], ["multiple"]),
+             helper.make_node("Cast", ["multiple"], ["extra"], to=TensorProto.INT64),
              helper.make_node("Slice", ["logits", "zero", "extra"], ["more"]),
              helper.make_node("Concat", ["logits", "more"], ["out"], axis=0)]
     inits = [helper.make_tensor("W", TensorProto.FLOAT, [16, 2], np.ones(32, np.float32) / 16),
              helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
              helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-             helper.make_tensor("two", TensorProto.INT64, [1], [2])]
+             helper.make_tensor("five", TensorProto.INT64, [1], [5])]
     graph = helper.make_graph(nodes, "extra", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 2])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -148,11 +150,11 @@ def _extra_rows_model(path) -> str:
 
 
 def test_a_model_returning_extra_rows_on_some_calls_stops_the_run_in_one_line(tmp_path, capsys):
-    """Issue 25 item 2: the probe (an even batch) passes; a later odd call gets one vote too many.
+    """The load probe passes; a later call of 5 copies gets one vote too many.
     Counts larger than n (a NaN radius) must never reach the table: one line, exit 2."""
     model = _extra_rows_model(tmp_path / "extra.onnx")
     images = tmp_path / "x.npz"
-    np.savez(images, x=np.random.default_rng(0).random((3, 1, 4, 4), dtype=np.float32), y=np.zeros(3, np.int64))
+    np.savez(images, x=np.random.default_rng(0).integers(0, 256, (3, 1, 4, 4), dtype=np.uint8), y=np.zeros(3, np.int64))
     out = tmp_path / "run.parquet"
     code, _, err = srtool("certify", "--model", model, "--images", images, "--sigma", "0.5", "--n0", "10",
                           "--n", "15", "--batch", "10", "--out", out, "--quiet", capsys=capsys)
