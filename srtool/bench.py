@@ -25,12 +25,17 @@ PAPER_N0, PAPER_N = 100, 100_000
 CALLS_PER_LOOP = 8
 
 
-def rate(step, items_per_call: int, seconds: float, warmup: int = 2) -> float:
-    """Items per second of `step()`, after warm-up, over at least `seconds` and three calls."""
+def readable(rate: float) -> str:
+    """A rate as people read it: 45,800 or 261, but 0.163 (an ADM UNet's copies per second), never "0"."""
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def rate(step, items_per_call: int, seconds: float, warmup: int = 1) -> float:
+    """Items per second of `step()`, after warm-up, over `seconds` (at least one call)."""
     for _ in range(warmup):
         step()
     calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < seconds:
+    while calls < 1 or time.perf_counter() - start < seconds:
         step()
         calls += 1
     return calls * items_per_call / (time.perf_counter() - start)
@@ -39,9 +44,9 @@ def rate(step, items_per_call: int, seconds: float, warmup: int = 2) -> float:
 def bare_feeds(model, rows: int, denoising=None) -> dict[str, np.ndarray]:
     """Random inputs for `rows` calls of a bare classifier (`model`), or of the denoising stage's model."""
     batch = np.random.default_rng(0).random
-    if denoising is None:
-        return {model.input_name: batch((rows, *model.input_shape), dtype=np.float32)}
     feeds = {model.input_name: batch((rows, *model.input_shape), dtype=np.float32)}
+    if denoising is None:
+        return feeds
     if model.level_input:
         feeds[model.level_input] = np.full((rows, *model.level_shape), denoising.level, np.float32)
     if model.timestep_input:
@@ -50,100 +55,187 @@ def bare_feeds(model, rows: int, denoising=None) -> dict[str, np.ndarray]:
     return feeds
 
 
-def raw_model_steps(model, views: int, device: str, threads: int, pool: ThreadPoolExecutor,
-                    denoising=None) -> tuple[list[tuple], str]:
-    """Steps that run the bare model (or the denoising stage's) on fixed, pre-bound batches of
-    `views` inputs, with the forward passes each step makes; and the provider.
+# A model larger than this runs the bare measurement in one layout only, so bench holds one session
+# of it besides the pipeline's (an ADM UNet is 2.2 GB).
+ONE_LAYOUT_BYTES = 256 * 2**20
 
-    Two layouts, so the pipeline is held to the model's best on this machine: one call at a time on
-    every ORT thread, and as many concurrent calls as VoteCounter runs sampling loops, each on one
-    ORT thread (on CUDA: two concurrent calls).
+
+class BareModel:
+    """The bare model (or the denoising stage's), on ONNX Runtime as a user would run it, in two
+    layouts so the pipeline is held to the model's best on this machine: one call at a time on every
+    ORT thread, and as many concurrent calls as VoteCounter runs sampling loops, each on one ORT
+    thread (on CUDA: two concurrent calls). Its sessions are made once and serve every batch size."""
+
+    def __init__(self, model, device: str, threads: int, pool: ThreadPoolExecutor, denoising=None):
+        on_cuda = resolve_device(device) == "cuda"
+        loops = sampling_loops(on_cuda, threads)
+        layouts = [(threads, 1), (threads if on_cuda else 1, loops)]
+        if sum(tensor.ByteSize() for tensor in model.proto.graph.initializer) > ONE_LAYOUT_BYTES:
+            layouts = layouts[:1]
+        self.model, self.device, self.pool, self.denoising = model, device, pool, denoising
+        self.layouts = [(make_session(model.proto, device, intra_op), concurrent) for intra_op, concurrent in layouts]
+        self.provider = provider_name(self.layouts[0][0])
+
+    def steps(self, rows: int, calls: int) -> list[tuple]:
+        """(step, forward passes per step) for each layout, on fixed, pre-bound batches of `rows` inputs;
+        a step makes `calls` calls in each of the layout's concurrent loops."""
+        import onnxruntime as ort
+
+        feeds = bare_feeds(self.model, rows, self.denoising)
+        steps = []
+        for session, concurrent in self.layouts:
+            bindings = []
+            for _ in range(concurrent):
+                binding = session.io_binding()
+                for name, values in feeds.items():
+                    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(values, self.provider, 0))
+                binding.bind_output(self.model.output_name, self.provider)
+                bindings.append(binding)
+
+            def runs(binding, session=session) -> None:
+                for _ in range(calls):
+                    session.run_with_iobinding(binding)
+
+            def step(bindings=bindings, runs=runs) -> None:
+                for done in [self.pool.submit(runs, binding) for binding in bindings]:
+                    done.result()
+
+            steps.append((step, rows * concurrent * calls))
+        return steps
+
+
+def candidate_batches(per_copy_values: int, device: str, fixed: int | None = None) -> list[int]:
+    """The batches a sweep tries: powers of 4 from 1 up to about 16 M values per call on the CPU
+    (256 M on CUDA), at most 4,096; or only `fixed`."""
+    if fixed is not None:
+        return [fixed]
+    limit = (2**28 if resolve_device(device) == "cuda" else 2**24) // max(1, per_copy_values)
+    return [b for b in (1, 4, 16, 64, 256, 1024, 4096) if b == 1 or b <= limit]
+
+
+class Sweep:
+    """Rates of one thing at several batch sizes, measured in rounds within a time budget.
+
+    Each round gives every candidate an equal share of `seconds` / rounds; a candidate whose one call
+    would take more than its share (from the rate at the largest batch measured so far) is skipped,
+    so a model of seconds per copy is measured at batch 1 only and the sweep keeps to its budget.
+    A step makes up to CALLS_PER_LOOP calls per sampling loop (fewer where calls are slow), so that
+    waiting for the slowest loop costs the bare model and the pipeline alike and little.
     """
-    import onnxruntime as ort
 
-    on_cuda = resolve_device(device) == "cuda"
-    loops = sampling_loops(on_cuda, threads)
-    feeds = bare_feeds(model, views, denoising)
-    steps, provider = [], "cpu"
-    for intra_op, concurrent in ((threads, 1), (threads if on_cuda else 1, loops)):
-        session = make_session(model.proto, device, intra_op)
-        provider = provider_name(session)
-        bindings = []
-        for _ in range(concurrent):
-            binding = session.io_binding()
-            for name, values in feeds.items():
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(values, provider, 0))
-            binding.bind_output(model.output_name, provider)
-            bindings.append(binding)
+    def __init__(self, name: str, batches: list[int], seconds: float, rounds: int):
+        self.name, self.batches, self.rounds = name, batches, rounds
+        self.share = seconds / (rounds * len(batches))
+        self.rates: dict[int, list[float]] = {b: [] for b in batches}
 
-        def runs(binding, session=session) -> None:
-            for _ in range(CALLS_PER_LOOP):
-                session.run_with_iobinding(binding)
+    def round(self, measure, on_step) -> None:
+        """One round: `measure(batch, seconds, calls per loop and step)` → rate, per candidate, smallest first."""
+        for batch in self.batches:
+            measured = [b for b in self.batches if self.rates[b] and b <= batch]
+            call = batch / max(np.median(self.rates[max(measured)]), 1e-12) if measured else None  # seconds, about
+            if call is not None and call > self.share and max(measured) < batch:
+                on_step(f"{self.name}: batch {batch} skipped (one call would take longer than its share)")
+                continue
+            calls = 1 if call is None else int(np.clip(self.share / (4 * call), 1, CALLS_PER_LOOP))
+            self.rates[batch].append(measure(batch, self.share, calls))
+            on_step(f"{self.name}: batch {batch}")
 
-        def step(bindings=bindings, runs=runs) -> None:
-            for done in [pool.submit(runs, binding) for binding in bindings]:
-                done.result()
+    def best(self) -> tuple[float, int]:
+        """(median rate, batch) at the batch with the best median."""
+        medians = {b: float(np.median(r)) for b, r in self.rates.items() if r}
+        batch = max(medians, key=medians.get)
+        return medians[batch], batch
 
-        steps.append((step, views * concurrent * CALLS_PER_LOOP))
-    return steps, provider
+    def medians(self) -> dict[str, float]:
+        return {str(b): float(np.median(r)) for b, r in self.rates.items() if r}
 
 
-def run(model: Model, plan, num_classes: int, batch: int, device: str, threads: int,
-        seconds: float, sigma: float = 0.25, noise_mode: str = "host", rounds: int = 3, denoising=None) -> dict:
-    """Bare model (and denoiser) and pipeline, measured in turns (`rounds` times, `seconds` each in
-    all) so that a shared machine's changing load hits both alike; rates are the medians of the
-    rounds, the ratio is theirs."""
+def run(model: Model, plan, num_classes: int, batch: int | None, device: str, threads: int,
+        seconds: float, sigma: float = 0.25, noise_mode: str = "discrete", rounds: int = 3, denoising=None,
+        on_step=lambda done, total, what: None) -> dict:
+    """Bare model (and denoiser) and pipeline, each at its best batch: every one is swept over batch
+    sizes (the pipeline only at `batch` where one is given) in `rounds` turns that alternate them, so a
+    shared machine's changing load hits all alike, within about `seconds` per measurement. Rates are
+    medians over the rounds at the best batch; the ratio is the pipeline's best over the bare parts'
+    best. `on_step(done, total, what)` reports progress."""
+    started = time.perf_counter()
     views_per_copy = plan.views_per_copy
-    counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes, batch, device, threads,
-                          device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
+    per_copy = max(int(np.prod(plan.noise_shape)), views_per_copy * int(np.prod(plan.view_shape)))
+    pipeline_batches = candidate_batches(per_copy, device, batch)
+    counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes, pipeline_batches[0],
+                          device, threads, device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
     # A point on the 1/255 grid, as 8-bit images are (the discrete sampler needs it).
     point = (np.random.default_rng(1).integers(0, 256, plan.noise_shape) / np.float32(255)).astype(np.float32)
     offsets = plan.dense_offsets
-    gaussian = noise.sampler("discrete" if noise_mode == "discrete" else "gaussian", 0, 0, noise.ESTIMATION)
-    # Eight batches per sampling loop and count: like a long certification, where the loops are
-    # rarely idle at the start or the end of an input (at n=100,000 and batch 1000, 50 each).
-    copies_per_call = min(PAPER_N, CALLS_PER_LOOP * batch * counter.loops)
+    sampler = noise.sampler("discrete" if noise_mode == "discrete" else "gaussian", 0, 0, noise.ESTIMATION)
+    rounds = max(1, min(rounds, int(seconds // 0.3) or 1))  # tiny budgets: one round
     with ThreadPoolExecutor(max_workers=counter.loops) as pool:
-        raw_steps, provider = raw_model_steps(model, batch * views_per_copy, device, threads, pool)
-        denoiser_steps = [] if denoising is None else \
-            raw_model_steps(denoising.model, batch, device, threads, pool, denoising)[0]
-        raw, denoised, pipeline = [], [], []
+        bare = BareModel(model, device, threads, pool)
+        stage = None if denoising is None else BareModel(denoising.model, device, threads, pool, denoising)
+        sweeps = [Sweep("bare model", candidate_batches(int(np.prod(plan.view_shape)), device), seconds, rounds),
+                  Sweep("pipeline", pipeline_batches, seconds, rounds)]
+        if stage is not None:
+            sweeps.append(Sweep(f"bare {denoising.model.kind}", candidate_batches(int(np.prod(plan.noise_shape)),
+                                                                                  device), seconds, rounds))
+
+        def bare_rate(model_steps):  # forward passes per second, in the better layout
+            def measure(rows: int, share: float, calls: int) -> float:
+                return max(rate(step, passes, share / 2) for step, passes in model_steps(rows, calls))
+            return measure
+
+        def pipeline_rate(copies_per_call: int, share: float, calls: int) -> float:
+            counter.batch = copies_per_call
+            # Several batches per sampling loop and count: like a long certification, where the loops
+            # are rarely idle at the start or the end of an input.
+            copies = min(PAPER_N, calls * copies_per_call * counter.loops)
+            return rate(lambda: counter.count(point, offsets, copies, sigma, sampler), copies, share) * views_per_copy
+
+        measures = [bare_rate(lambda rows, calls: bare.steps(rows * views_per_copy, calls)), pipeline_rate]
+        if stage is not None:
+            measures.append(bare_rate(stage.steps))
+        total, done = rounds * sum(len(s.batches) for s in sweeps), 0
+
+        def step(what: str) -> None:
+            nonlocal done
+            done += 1
+            on_step(done, total, what)
+
         for _ in range(rounds):
-            raw.append(max(rate(step, passes, seconds / rounds) for step, passes in raw_steps))
-            if denoiser_steps:
-                denoised.append(max(rate(step, passes, seconds / rounds) for step, passes in denoiser_steps))
-            copies = rate(lambda: counter.count(point, offsets, copies_per_call, sigma, gaussian),
-                          copies_per_call, seconds / rounds, warmup=1)
-            pipeline.append(copies * views_per_copy)
+            for sweep, measure in zip(sweeps, measures):
+                sweep.round(measure, step)
     counter.close()
 
-    buffer = np.empty((batch, *plan.noise_shape), dtype=np.float32)
-    noise_only = rate(lambda: gaussian.fill(buffer, point, sigma), batch, min(seconds, 1.0))
-    copies = float(np.median(pipeline)) / views_per_copy
-    bare_copies = float(np.median(raw)) / views_per_copy  # noisy copies/s of the bare parts, in a row
+    buffer = np.empty((counter.batch, *plan.noise_shape), dtype=np.float32)
+    noise_only = rate(lambda: sampler.fill(buffer, point, sigma), counter.batch, min(seconds, 1.0) / 3)
+    (raw, raw_batch), (pipeline, pipeline_batch) = sweeps[0].best(), sweeps[1].best()
+    copies = pipeline / views_per_copy
+    bare_copies = raw / views_per_copy  # noisy copies/s of the bare parts, in a row
     extra = {}
-    if denoised:
-        denoiser_rate = float(np.median(denoised))
+    if stage is not None:
+        denoiser_rate, denoiser_batch = sweeps[2].best()
         bare_copies = 1.0 / (1.0 / denoiser_rate + 1.0 / bare_copies)
         extra = {"denoiser": denoising.describe(), "denoiser_copies_per_s": denoiser_rate,
-                 "bare_composed_copies_per_s": bare_copies}
+                 "denoiser_best_batch": denoiser_batch, "bare_composed_copies_per_s": bare_copies}
     return {
         "model": str(model.path),
-        "provider": provider,
-        "batch": batch,
+        "provider": bare.provider,
+        "batch": pipeline_batch,  # the pipeline's best
+        "raw_best_batch": raw_batch,  # the bare model's best, in noisy copies per call
         "views_per_copy": views_per_copy,
         "noise": noise_mode,
         "threads": threads,
         "sampling_loops": counter.loops,
         "rounds": rounds,
-        "raw_forward_per_s": float(np.median(raw)),
+        "raw_forward_per_s": raw,
         "pipeline_copies_per_s": copies,
-        "pipeline_forward_per_s": copies * views_per_copy,
-        # The ratio of the printed medians, so the figures agree; under a changing load a median of
-        # per-round ratios could differ from it (0.99 printed beside 10 and 7 fwd/s).
+        "pipeline_forward_per_s": pipeline,
+        # Best over best, each the median of its rounds at its best batch: the share of what ONNX
+        # Runtime alone does with the model on this machine that the whole pipeline reaches.
         "ratio": copies / bare_copies,
+        "sweep": {sweep.name: sweep.medians() for sweep in sweeps},
         "host_noise_copies_per_s": noise_only,
         "projected_s_per_input_n100k": (PAPER_N0 + PAPER_N) / copies,
+        "seconds": time.perf_counter() - started,
         **extra,
     }
 
@@ -174,6 +266,6 @@ def project(measured: dict, result: dict, model: Model, plan, num_classes: int, 
     per_call = measured["copies_per_call"]
     if per_call is not None and per_call < 0.9 * result["batch"]:
         again = run(model, plan, num_classes, max(1, round(per_call)), runtime.device, runtime.threads, seconds,
-                    sigma=sigma, noise_mode=runtime.noise, denoising=denoising)
+                    sigma=sigma, noise_mode=result["noise"], denoising=denoising)
         rate = again["pipeline_copies_per_s"]
     return {**measured, "pipeline_copies_per_s": rate, "projected_s_per_input": measured["copies_per_input"] / rate}

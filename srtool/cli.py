@@ -518,29 +518,36 @@ def bench(**o):
     noise_mode, float_noise = core.noise_sampler(bench_run.replace(plan=spec, runtime=runtime), on_grid=True)
     if float_noise:
         click.echo(f"warning: {float_noise}", err=True)
-    result = benchmark.run(model, plan, num_classes, batch, runtime.device, runtime.threads, o["seconds"],
-                           sigma=sigma, noise_mode=noise_mode, denoising=denoising)
+    from .progress import bench_progress
+
+    with bench_progress(quiet=o["as_json"]) as on_step:
+        result = benchmark.run(model, plan, num_classes, None if runtime.batch == "auto" else runtime.batch,
+                               runtime.device, runtime.threads, o["seconds"], sigma=sigma, noise_mode=noise_mode,
+                               denoising=denoising, on_step=on_step)
     if measured is not None:
         result["run"] = benchmark.project(measured, result, model, plan, num_classes, runtime, o["seconds"],
                                           sigma, denoising)
     if o["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{Path(result['model']).name} on {result['provider']}, batch {batch}, "
-               f"{result['views_per_copy']} view(s) per noisy copy, {result['noise']} noise, "
-               f"{result['sampling_loops']} sampling loops; medians of {result['rounds']} rounds")
-    click.echo(f"  bare model          {result['raw_forward_per_s']:>12,.0f} forward passes/s")
+    rate = benchmark.readable
+    click.echo(f"{Path(result['model']).name} on {result['provider']}, {result['views_per_copy']} view(s) per noisy "
+               f"copy, {result['noise']} noise, {result['sampling_loops']} sampling loops; each at its best batch "
+               f"(medians of {result['rounds']} rounds, {result['seconds']:.1f} s)")
+    click.echo(f"  bare model          {rate(result['raw_forward_per_s']):>12} forward passes/s  "
+               f"(batch {result['raw_best_batch']})")
     if "denoiser" in result:
         stage = result["denoiser"]
         step = f", t={stage['timestep']}" if "timestep" in stage else ""
-        click.echo(f"  bare {stage['kind']:<14} {result['denoiser_copies_per_s']:>10,.0f} noisy copies/s "
-                   f"({Path(stage['model']).name}{step}, σ={sigma:g})")
-        click.echo(f"  bare, one after the other {result['bare_composed_copies_per_s']:>6,.0f} noisy copies/s")
-    click.echo(f"  srtool pipeline     {result['pipeline_forward_per_s']:>12,.0f} forward passes/s "
-               f"({result['pipeline_copies_per_s']:,.0f} noisy copies/s)")
-    click.echo(f"  pipeline / {'bare parts' if 'denoiser' in result else 'model     '} {result['ratio']:>9.2f}")
-    click.echo(f"  host noise alone    {result['host_noise_copies_per_s']:>12,.0f} noisy copies/s")
-    click.echo(f"  projected per input at n0=100, n=100,000: {result['projected_s_per_input_n100k']:.1f} s")
+        click.echo(f"  bare {stage['kind']:<14} {rate(result['denoiser_copies_per_s']):>10} noisy copies/s    "
+                   f"(batch {result['denoiser_best_batch']}; {Path(stage['model']).name}{step}, σ={sigma:g})")
+        click.echo(f"  bare, one after the other {rate(result['bare_composed_copies_per_s']):>6} noisy copies/s")
+    click.echo(f"  srtool pipeline     {rate(result['pipeline_forward_per_s']):>12} forward passes/s  "
+               f"(batch {result['batch']}; {rate(result['pipeline_copies_per_s'])} noisy copies/s)")
+    click.echo(f"  pipeline / {'bare parts' if 'denoiser' in result else 'model     '} {result['ratio']:>9.2f}  "
+               "(best over best)")
+    click.echo(f"  host noise alone    {rate(result['host_noise_copies_per_s']):>12} noisy copies/s")
+    click.echo(f"  projected per input at n0=100, n=100,000: {result['projected_s_per_input_n100k']:,.1f} s")
     if measured is not None:
         run = result["run"]
         fill = (f", {run['copies_per_call']:,.0f} copies per call as it ran, measured here at that size"

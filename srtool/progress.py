@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 def execute_with_progress(job) -> None:
     """Run the job's inputs with a bar that shows accuracy (labelled inputs) and ACR as they come."""
@@ -34,3 +36,18 @@ def execute_with_progress(job) -> None:
             progress.update(task, advance=1, status=status())
 
         job.execute(on_row)
+
+
+@contextmanager
+def bench_progress(quiet: bool = False):
+    """`srtool bench`'s progress on stderr: yields on_step(done, total, what) for srtool.bench.run."""
+    if quiet:
+        yield lambda done, total, what: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[what]}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("bench", total=None, what="")
+        yield lambda done, total, what: progress.update(task, completed=done, total=total, what=what)

@@ -103,9 +103,32 @@ def test_bench_json_schema(make_linear, capsys):
                 "threads": int, "sampling_loops": int, "rounds": int,
                 "raw_forward_per_s": float, "pipeline_copies_per_s": float,
                 "pipeline_forward_per_s": float, "ratio": float, "host_noise_copies_per_s": float,
-                "projected_s_per_input_n100k": float}
+                "projected_s_per_input_n100k": float, "raw_best_batch": int, "sweep": dict, "seconds": float}
     assert set(result) == set(expected)
     assert all(isinstance(result[key], kind) for key, kind in expected.items())
     assert result["provider"] == "cpu" and result["views_per_copy"] == 4 and result["batch"] == 32
     assert result["pipeline_forward_per_s"] == pytest.approx(4 * result["pipeline_copies_per_s"])
     assert result["ratio"] > 0 and result["sampling_loops"] >= 1
+    # the pipeline at the given batch only; the bare model over a sweep, its best beside
+    assert list(result["sweep"]["pipeline"]) == ["32"] and len(result["sweep"]["bare model"]) > 1
+    best = max(result["sweep"]["bare model"], key=result["sweep"]["bare model"].get)
+    assert result["raw_best_batch"] == int(best) and result["raw_forward_per_s"] == result["sweep"]["bare model"][best]
+    assert result["ratio"] == pytest.approx(result["pipeline_forward_per_s"] / result["raw_forward_per_s"])
+
+
+def test_bench_keeps_to_its_budget_and_prints_small_rates_readably():
+    """A sweep skips the batches whose one call would overrun its share, so a slow model is measured at
+    small batches only; rates below one copy per second keep their digits."""
+    from srtool.bench import Sweep, readable
+
+    sweep = Sweep("slow", [1, 4, 16, 64], seconds=1.0, rounds=1)  # a share of 0.25 s per batch
+    measured = []
+
+    def measure(batch, share, calls):
+        measured.append((batch, calls))
+        return 2.0  # copies per second: a call of 4 takes 2 s
+    steps = []
+    sweep.round(measure, steps.append)
+    assert measured == [(1, 1)] and len(steps) == 4 and "skipped" in steps[-1]
+    assert sweep.best() == (2.0, 1)
+    assert readable(0.163) == "0.163" and readable(45_812.4) == "45,812" and readable(7.25) == "7.25"
