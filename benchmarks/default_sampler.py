@@ -4,14 +4,15 @@
 the float Box–Muller sampler that was the default before. Both certify:
 - the shipped σ = 0.25 model on every 50th of the 10,000 Fashion-MNIST test images (Debian's
   dataset-fashion-mnist: 200 images), n0 = 100, n = 10,000, α = 0.001;
-- a 3×224×224 model (a small random-weight CNN written here with onnx.helper: its accuracy means
-  nothing, its time per input is what a 224×224 input costs the sampler) on a few of the same images
+- a 3×224×224 model (a random-weight CNN of about 190 M multiply-adds written here with onnx.helper,
+  `wide_model`: its accuracy means nothing, its time per input is what a 224×224 input costs) on a few of the same images
   resized on load (--image-size 224, grey copied to RGB), n0 = 100, n = 1,000.
 Runs alternate (float, default, float, default, …) so that a shared machine's load hits both alike;
 each run is timed by its own wall clock. Prints a Markdown table for benchmarks/RESULTS.md.
 
     python benchmarks/default_sampler.py                       # about 10 minutes on 2 cores
     python benchmarks/default_sampler.py --n 1000 --skip 500   # a smoke run
+    python benchmarks/default_sampler.py --wide-model /tmp/wide224.onnx --only-model   # write the 224 model
 """
 
 from __future__ import annotations
@@ -34,23 +35,28 @@ SAMPLERS = {"float (--noise host, the old default)": "host", "discrete (the defa
 
 
 def wide_model(path: Path) -> Path:
-    """A 3×224×224 → 10 classes CNN with random weights: two strided convolutions, pooling, a dense layer."""
+    """A 3×224×224 → 10 classes CNN with random weights, about 190 M multiply-adds per image (the cost
+    class of EfficientNet-Lite0 or MobileNet): four 3×3 stride-2 convolutions (32, 64, 128, 256
+    channels) with ReLU, global pooling, a dense layer."""
     rng = np.random.default_rng(0)
 
     def weight(name, *shape):
         return helper.make_tensor(name, TensorProto.FLOAT, shape,
                                   (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32).ravel())
 
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[4, 4], kernel_shape=[8, 8]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], kernel_shape=[3, 3]),
-             helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "w3"], ["logits"], transB=1)]
+    nodes, inits, previous, channels = [], [], "x", 3
+    for i, width in enumerate((32, 64, 128, 256)):
+        nodes += [helper.make_node("Conv", [previous, f"w{i}"], [f"c{i}"], strides=[2, 2], kernel_shape=[3, 3],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        inits.append(weight(f"w{i}", width, channels, 3, 3))
+        previous, channels = f"r{i}", width
+    nodes += [helper.make_node("GlobalAveragePool", [previous], ["pooled"]),
+              helper.make_node("Flatten", ["pooled"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "dense"], ["logits"], transB=1)]
+    inits.append(weight("dense", 10, channels))
     graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-                              [weight("w1", 16, 3, 8, 8), weight("w2", 32, 16, 3, 3), weight("w3", 10, 32)])
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     helper.set_model_props(model, {"srtool.input_shape": "3,224,224", "srtool.sigma": "0.25"})
     onnx.save(model, str(path))
@@ -80,7 +86,13 @@ def main() -> None:
     parser.add_argument("--wide-n", type=int, default=1000)
     parser.add_argument("--wide-max", type=int, default=150, help="images before this index (every 50th)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--wide-model", type=Path, help="also keep the 3×224×224 model at this path")
+    parser.add_argument("--only-model", action="store_true", help="write --wide-model and stop")
     args = parser.parse_args()
+    if args.wide_model:
+        wide_model(args.wide_model)
+        if args.only_model:
+            return
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         wide = wide_model(folder / "wide224.onnx")
