@@ -556,12 +556,29 @@ def bench(**o):
                    f"per input{fill}): {run['projected_s_per_input']:.2f} s")
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (a `timeout`, a cluster's preemption) unwinds like Ctrl-C: finished rows are kept and
+    temporary model graphs removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> None:
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _terminated)
+        except ValueError:  # not the main thread (srtool run from a thread of someone's program)
+            pass
     try:
         cli.main(args=argv, prog_name="srtool", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as error:  # No such option, a bad value: one line, as srtool's own errors
+        command = error.ctx.command_path if error.ctx is not None else "srtool"
+        click.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

@@ -92,10 +92,7 @@ def make_session(model: onnx.ModelProto | bytes, device: str = "cpu", threads: i
 
     folder = None
     if isinstance(model, onnx.ModelProto):
-        if model.ByteSize() <= MAX_PROTO_BYTES:
-            model = model.SerializeToString()
-        else:
-            model, folder = _spilled(model)
+        model, folder = _serialized_or_spilled(model)
 
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if resolve_device(device) == "cuda"
                  else ["CPUExecutionProvider"])
@@ -123,15 +120,63 @@ def make_session(model: onnx.ModelProto | bytes, device: str = "cpu", threads: i
     return session
 
 
+def _serialized_or_spilled(model: onnx.ModelProto) -> tuple[bytes | str, tempfile.TemporaryDirectory | None]:
+    """The model as bytes, or past protobuf's 2 GiB as a file in a private folder (_spilled).
+
+    The size is told from the tensors, each measured on its own: protobuf refuses to measure (or
+    serialize) a whole message past 2 GiB, and trying costs the time and memory of a serialization."""
+    from .model import tensors_of
+
+    if sum(tensor.ByteSize() for tensor in tensors_of(model)) <= MAX_PROTO_BYTES:
+        try:
+            return model.SerializeToString(), None
+        except ValueError:  # protobuf's EncodeError: the nodes and names took it past the limit after all
+            pass
+    return _spilled(model)
+
+
 def _spilled(model: onnx.ModelProto) -> tuple[str, tempfile.TemporaryDirectory]:
-    """A graph past protobuf's limit written as model.onnx + weights.bin in a private folder (the
-    caller's proto is left as it is): ORT reads the weights from there, and from nowhere else."""
+    """A graph past protobuf's limit written as model.onnx + weights.bin in a private folder: ORT
+    reads the weights from there, and from nowhere else. The weights are moved out of the proto one
+    tensor at a time while the graph is written, then read back in, so no second copy of them is
+    ever held and the caller's proto ends as it began. Removed with the session (engine.make_session),
+    or at exit."""
+    from onnx import TensorProto
+
+    from .model import tensors_of
+
     folder = tempfile.TemporaryDirectory(prefix="srtool-graph-")
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    path = os.path.join(folder.name, "model.onnx")
-    onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=1024)
+    path, weights = os.path.join(folder.name, "model.onnx"), os.path.join(folder.name, "weights.bin")
+    moved, failure = [], None
+    try:
+        with open(weights, "wb") as out:
+            for tensor in tensors_of(model):
+                if tensor.data_location == TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
+                        or tensor.ByteSize() < 1024:
+                    continue
+                offset, data = out.tell(), tensor.raw_data
+                out.write(data)
+                tensor.ClearField("raw_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", "weights.bin"), ("offset", str(offset)), ("length", str(len(data)))):
+                    tensor.external_data.add(key=key, value=value)
+                moved.append((tensor, offset, len(data)))
+                del data
+        with open(path, "wb") as out:
+            out.write(model.SerializeToString())
+    except OSError as error:  # a full disk, say
+        failure = error
+    finally:  # the weights go back into the caller's proto, whatever happened
+        with open(weights, "rb") if moved else open(os.devnull, "rb") as back:
+            for tensor, offset, length in moved:
+                back.seek(offset)
+                del tensor.external_data[:]
+                tensor.ClearField("data_location")
+                tensor.raw_data = back.read(length)
+    if failure is not None:
+        folder.cleanup()
+        raise UsageError(f"cannot write the model graph ({sum(length for *_, length in moved) / 2**30:.1f} GB of "
+                         f"weights) to {tempfile.gettempdir()}: {failure.strerror}; set TMPDIR to a disk with room")
     return path, folder
 
 

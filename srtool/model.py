@@ -84,7 +84,7 @@ def _attribute_tensors(attributes):
             yield from _graph_tensors(graph)
 
 
-def _all_tensors(proto: onnx.ModelProto):
+def tensors_of(proto: onnx.ModelProto):
     """Every TensorProto anywhere in the model, where ONNX Runtime could look for external data:
     the main graph and its subgraphs, local functions (their nodes and default attributes) and the
     training graphs."""
@@ -110,7 +110,7 @@ def _inline_external_data(proto: onnx.ModelProto, path: Path | None, digest) -> 
     """
     folder = path.resolve().parent if path is not None else None
     where = f"{path.name}" if path is not None else "the model bytes"
-    for tensor in _all_tensors(proto):
+    for tensor in tensors_of(proto):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}

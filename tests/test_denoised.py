@@ -365,3 +365,49 @@ def test_graphs_past_protobufs_limit_run_from_a_private_folder(tmp_path, prototy
     assert srtool(*common, "--out", tmp_path / "file.parquet", capsys=capsys)[0] == 0
     assert spilled
     assert read(tmp_path / "file.parquet")[0].column("counts") == read(tmp_path / "bytes.parquet")[0].column("counts")
+
+
+def test_spilling_leaves_the_callers_proto_as_it_was(tmp_path):
+    """The weights leave the proto only while the graph is written, and come back bit for bit."""
+    from srtool import engine
+
+    proto = onnx.load(tiny_unet(tmp_path / "unet.onnx", 28))
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.arange(4096, dtype=np.float32), "big"))
+    before = proto.SerializeToString()
+    path, folder = engine._spilled(proto)
+    assert proto.SerializeToString() == before
+    written = onnx.load(path, load_external_data=False)
+    big = next(t for t in written.graph.initializer if t.name == "big")
+    assert big.data_location == TensorProto.EXTERNAL and not big.raw_data
+    folder.cleanup()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_terminated_run_leaves_no_spilled_graph_behind(tmp_path, prototype_run, signal_name):
+    """A `timeout` or a preemption (SIGTERM) unwinds like Ctrl-C: the private graph folder goes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, data = prototype_run(40)
+    unet = tiny_unet(tmp_path / "unet.onnx", 28)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    driver = ("import srtool.engine as e; e.MAX_PROTO_BYTES = 1000\n"
+              "from srtool.cli import main\n"
+              f"main(['certify', '--model', {str(model)!r}, '--images', {str(data)!r}, '--diffusion', {str(unet)!r},"
+              f" '--sigma', '0.25', '--n', '200000', '--quiet', '--out', {str(tmp_path / 'r.parquet')!r}])\n")
+    process = subprocess.Popen([sys.executable, "-c", driver], env={**os.environ, "TMPDIR": str(scratch)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (tmp_path / "r.parquet.parts").exists() and time.time() < deadline:  # the run is under way
+        time.sleep(0.1)
+    assert any(scratch.glob("srtool-graph-*"))  # its graph, spilled
+    time.sleep(1.0)
+    process.send_signal(getattr(signal, signal_name))
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert not list(scratch.glob("srtool-graph-*"))
+    assert (tmp_path / "r.parquet.parts").exists()  # the rows so far, kept for a resume
