@@ -216,6 +216,11 @@ class Smooth:
         core.check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
                    f"x must hold uint8 (0–255) or float ([0,1]) pixels, not {x.dtype}")
         channels = self.model.input_shape[0] if self.model.input_shape else None
+        if x.ndim == 3 and channels is not None and x.shape[0] not in (1, channels):  # never guess a layout
+            shape = "×".join(map(str, x.shape))
+            raise UsageError(f"x of shape {shape} is ambiguous for a {channels}-channel model: one image C×H×W "
+                             f"({channels}×{x.shape[1]}×{x.shape[2]}) or a batch N×C×H×W "
+                             f"({x.shape[0]}×{channels}×{x.shape[1]}×{x.shape[2]}, e.g. x[:, None]); pass one of those")
         units = []
         for image in (x if x.ndim == 4 else x[None]):
             core.check(image.shape[0] in (1, 3, 4), f"x must be C×H×W with 1, 3 or 4 channels first, "

@@ -527,6 +527,11 @@ def image_plan(spec: ImagePlan, model, input_shape: tuple[int, int, int]):
         resized_hw = (round(h * scale), round(w * scale))
     else:
         resized_hw = (h, w)
+    if spec.patches > 1 and tuple(resized_hw) == tuple(patch_hw):
+        raise UsageError(f"--patches {spec.patches} would cut {spec.patches} identical {patch_hw[0]}×{patch_hw[1]} views "
+                         f"of a {resized_hw[0]}×{resized_hw[1]} image ({spec.patches}× the cost for plain RS's radius): "
+                         f"also pass --resize R with R above {min(patch_hw)}, or --patch-size P below "
+                         f"{min(resized_hw)}")
     if not spec.smooth_reduce and patch_hw != (h, w):
         raise UsageError(f"images are {h}×{w} but the model takes {patch_hw[0]}×{patch_hw[1]}; pass "
                          f"--image-size {patch_hw[0]} to resize on load, or --patch-size/--patches to crop")
@@ -559,9 +564,9 @@ def vote_counter(run: Run, model, graph, plan, settings, noise_mode: str, values
                        in_flight=rt.in_flight if rt.in_flight is not None else MAX_IN_FLIGHT)
 
 
-def default_out(run: Run, models: list, settings, method: str, input_shape, noise_mode: str) -> Path:
-    """runs/<model>-<mode>-sigma<σ>-<method>-n<n>-<size>[-<noise>].parquet: every setting that
-    usually differs between runs of one model is in the name, so two runs rarely collide."""
+def default_out(run: Run, models: list, settings, method: str, input_shape, noise_mode: str, dataset) -> Path:
+    """runs/<model>-<data>-<mode>-sigma<σ>-<method>-n<n>-<size>[-<noise>].parquet: every setting that
+    usually differs between runs of one model, the data first, is in the name, so two runs rarely collide."""
     size = "x".join(map(str, input_shape[-2:]))
     noise = {"discrete": "", "host": "-float-noise", "device": "-device-noise"}[noise_mode]
     sequential = ""
@@ -570,8 +575,20 @@ def default_out(run: Run, models: list, settings, method: str, input_shape, nois
             "-r" + "_".join(f"{r:g}" for r in settings.radii) if settings.radii else f"-tol{settings.tolerance:g}")
     model = models[0].name + (f"-ens{len(models)}" if len(models) > 1 else "") + \
         (f"-c{run.consensus}" if run.consensus else "")
-    return Path("runs") / (f"{model}-{settings.mode}-sigma{settings.sigma:g}-{method}-n{settings.n}-{size}"
-                           f"{noise}{sequential}.parquet")
+    return Path("runs") / (f"{model}-{data_tag(dataset)}-{settings.mode}-sigma{settings.sigma:g}-{method}-n{settings.n}"
+                           f"-{size}{noise}{sequential}.parquet")
+
+
+def data_tag(dataset) -> str:
+    """The data in a default file name: the file or folder's name, or a digest of arrays from Python."""
+    import re
+
+    if dataset.in_memory:  # "array 500×28×28 uint8 sha256:…": the digest tells arrays apart
+        return "array-" + dataset.source.rsplit(":", 1)[-1][:8]
+    name = Path(dataset.source).name
+    for suffix in (".gz", ".npz", ".parquet", ".tar"):
+        name = name.removesuffix(suffix)
+    return re.sub(r"[^\w.+-]+", "_", name)[:40] or "data"
 
 
 def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str, extra: dict, worker: bool,
@@ -609,7 +626,7 @@ def _launch(run: Run, models: list, dataset, plan, graph, settings, method: str,
     said = sigma_warnings(settings.sigma, None if run.denoising_model else model.trained_sigma)
     said += [float_noise] if float_noise else []
     out = Path(run.output.out) if run.output.out else default_out(run, models, settings, method, plan.input_shape,
-                                                                    noise_mode)
+                                                                    noise_mode, dataset)
     try:
         writer = ResultsWriter(out, config, overwrite=run.output.overwrite)  # makes out's folder
     except BaseException:

@@ -31,6 +31,10 @@ SIGMA_MULTIPLES = (0.5, 1.0, 1.5, 2.0)  # default report radii, in units of the 
 
 
 def default_radii(config: dict) -> tuple[float, ...]:
+    """A sequential run's own --radii (the radii it decided), else multiples of its σ."""
+    decided = (config.get("sequential") or {}).get("radii")
+    if decided:
+        return tuple(float(r) for r in decided)
     sigma = config.get("sigma") or 0.5
     return tuple(round(m * sigma, 6) for m in SIGMA_MULTIPLES)
 
