@@ -19,7 +19,6 @@ wherever Python's are (core's dataclasses turn them into Python's own).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 import onnx
 
 from . import core
-from .errors import UsageError, python_spelling, shown
+from .errors import UsageError, in_python_spelling, python_spelling, shown, unknown_keyword
 from .stats import ABSTAIN
 
 __all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify", "load_images", "predict",
@@ -62,6 +61,12 @@ class Certificate:
     def __iter__(self):
         return iter((self.label, self.radius))
 
+    def __getitem__(self, item):  # cert[0], cert[1]: Cohen's tuple (prediction, radius)
+        return (self.label, self.radius)[item]
+
+    def __len__(self) -> int:
+        return 2
+
     def __repr__(self) -> str:
         return _short_repr(self, ("label", "radius", "p_lower", "count", "n", "radius_factor", "invalid", "stop"))
 
@@ -78,6 +83,12 @@ class Prediction:
 
     def __iter__(self):
         return iter((self.label, self.p_value))
+
+    def __getitem__(self, item):
+        return (self.label, self.p_value)[item]
+
+    def __len__(self) -> int:
+        return 2
 
     def __repr__(self) -> str:
         return _short_repr(self, ("label", "p_value", "count", "n", "invalid"))
@@ -101,17 +112,34 @@ def _short_repr(answer, fields: tuple[str, ...]) -> str:
     return f"{type(answer).__name__}({', '.join(shown)}, counts=<{what}>)"
 
 
-def _load(model):
-    """A Model from a path, serialized bytes or an onnx.ModelProto."""
+def _load(model, role: str = "model"):
+    """A Model from a path, serialized bytes or an onnx.ModelProto; `role` names it in messages."""
     from .model import load_model
 
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     if isinstance(model, (bytes, bytearray, memoryview)):
         return load_model(bytes(model))
-    if isinstance(model, (str, Path)):
+    if isinstance(model, (str, os.PathLike)):
+        core.check(Path(model).is_file(), f"{role} not found: {model}")
         return load_model(model)
-    raise UsageError(f"model must be a path, bytes or an onnx.ModelProto, not {type(model).__name__}")
+    raise UsageError(f"{role} must be a path, bytes or an onnx.ModelProto, not {type(model).__name__}")
+
+
+def as_array(x, name: str = "x") -> np.ndarray:
+    """x as a numpy array: a torch tensor (on any device, tracking gradients or not) is detached and
+    copied to the host; a list of file names is pointed to the way srtool reads files."""
+    if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        array = np.asarray(x)
+    except ValueError:  # a ragged list: images of several sizes
+        raise UsageError(f"{name}: one array of images of one size (resize them first, e.g. with "
+                         "srtool.load_images(path, image_size=…))") from None
+    if array.dtype.kind in "USO":
+        raise UsageError(f"{name}: an array of pixels (uint8 0–255 or float in [0,1]), not {array.dtype.kind == 'U' and 'file names' or array.dtype}; "
+                         "for files give one path (an image, a folder, a dataset file)")
+    return array
 
 
 class Smooth:
@@ -145,7 +173,10 @@ class Smooth:
         core.check(len(members) >= 1, "model: give at least one model")
         consensus = core.Run(model=tuple(f"member{i}" for i in range(len(members))),
                              consensus=consensus).consensus  # checks K (and makes a numpy K plain)
-        self.models = [_load(member) for member in members]
+        for role, path in (("denoiser", denoiser), ("diffusion", diffusion)):  # every path checked now, by role
+            core.check(path is None or Path(path).is_file(), f"{role} model not found: {path}")
+        self.models = [_load(member, f"ensemble member {i + 1}" if len(members) > 1 else "model")
+                       for i, member in enumerate(members)]
         check_members(self.models)
         self.model, self.consensus = self.models[0], consensus
         core.image_model_shape(self.model)
@@ -211,8 +242,9 @@ class Smooth:
         from .data import PixelError, conform, to_unit_chw
         from .noise import grid_integers
 
-        x = np.asarray(x)
+        x = as_array(x)
         core.check(x.ndim in (3, 4), f"x must be one C×H×W image or a batch N×C×H×W, not shape {x.shape}")
+        core.check(x.size > 0, f"x holds no images (shape {x.shape})")
         core.check(x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating),
                    f"x must hold uint8 (0–255) or float ([0,1]) pixels, not {x.dtype}")
         channels = self.model.input_shape[0] if self.model.input_shape else None
@@ -241,6 +273,8 @@ class Smooth:
             from .graph import sampling_graph
 
             plan = core.image_plan(self.plan_spec, self.model, shape)
+            for said in core.plan_warnings(plan):
+                warnings.warn(in_python_spelling(said), UserWarning, stacklevel=5)
             run = run.replace(runtime=dataclasses.replace(self.runtime, batch=batch))
             graph = sampling_graph(self.models, plan, self.consensus,
                                    core.denoising_stage(run, settings.sigma, shape))
@@ -273,7 +307,7 @@ def _batch(batch, batch_size):
 
 def _gather(kind, rows: list[dict], x, **columns):
     """One answer from one row; for a batch, each field as an array over the rows."""
-    if np.asarray(x).ndim == 3:
+    if as_array(x).ndim == 3:
         row = rows[0]
         return kind(**{field: (np.asarray(row[c]) if c == "counts" else row.get(c)) for field, c in columns.items()})
     return kind(**{field: np.array([row.get(c) if row.get(c) is not None or c == "stop" else np.nan for row in rows])
@@ -365,6 +399,8 @@ def load_images(path: str | Path, image_size: int | None = None, *, model=None, 
     copied to RGB, RGB turned grey by luma), as stored without either."""
     from .data import load_images as load
 
+    core.check(isinstance(path, (str, os.PathLike)), f"load_images takes a path (an image, a folder or a dataset "
+                                                     f"file), not {type(path).__name__}; arrays need no loading")
     if model is not None:
         core.check(channels is None, "give model or channels, not both")
         shape = core.image_model_shape(_load(model))
@@ -385,14 +421,13 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
         core.check(kwargs.get("engine", "local") == "local",
                    "images as an array run locally; for --engine ray save them (np.savez(path, x=x, y=y)) "
                    "and pass the path")
-        try:
-            pixels = np.asarray(images)
-        except ValueError:  # a ragged list: images of several sizes
-            raise UsageError("images: a path, or one N×C×H×W array of images of one size (resize them first, "
-                             "e.g. with srtool.load_images(path, image_size=…))") from None
-        images = InMemoryImages(pixels, kwargs.get("labels"))
+        images = InMemoryImages(as_array(images, "images"), kwargs.get("labels"))
         kwargs = {k: v for k, v in kwargs.items() if k != "labels"}
     core.check(videos is None or isinstance(videos, (str, os.PathLike)), "videos must be a path (file or folder)")
+    if kwargs.pop("ensemble", False):  # as --ensemble: the shipped models for σ
+        core.check(model is None, "ensemble runs the shipped models; give either ensemble=True or model")
+        sigma = kwargs.get("sigma")
+        model = core.shipped_ensemble(sigma if sigma is not None else 0.25)
     if isinstance(model, (list, tuple)):
         model = tuple(str(m) for m in model)
     elif model is not None:
@@ -407,10 +442,8 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
         if key in TOP_LEVEL:
             top[key] = value
         elif section is None or key == "mode":
-            known = [k for cls in owners.values() for k in cls.__dataclass_fields__] + list(TOP_LEVEL)
-            close = difflib.get_close_matches(key, known + ["batch_size"], n=1)
-            hint = "" if not close else " (use batch)" if close[0] == "batch_size" else f" (did you mean {close[0]}?)"
-            raise UsageError(f"unknown argument {key!r}{hint}")
+            known = [k for cls in owners.values() for k in cls.__dataclass_fields__] + list(TOP_LEVEL) + ["ensemble"]
+            raise UsageError(unknown_keyword(key, known))
         else:
             sections[section][key] = value
     data = images if images is not None else videos
@@ -443,7 +476,7 @@ def _execute(run: core.Run, progress: bool) -> Results:
 
     job = core.start(run, quiet=not progress)
     for said in job.warnings + getattr(job.writer, "warnings", []):
-        warnings.warn(said, UserWarning, stacklevel=4)
+        warnings.warn(in_python_spelling(said), UserWarning, stacklevel=4)
     execute_with_progress(job) if progress else job.execute()  # frees everything if it fails
     table = job.finish()
     return Results(table, job.config, job.writer.path)

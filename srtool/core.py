@@ -503,7 +503,8 @@ def sigma_warnings(sigma: float, trained_sigma: float | None) -> list[str]:
 
 def image_model_shape(model) -> tuple[int, int, int] | None:
     shape = model.input_shape
-    check(shape is None or len(shape) == 3, f"{model.path.name} takes videos (N×C×T×H×W); use srtool video")
+    check(shape is None or len(shape) == 3, f"{model.path.name} takes videos (N×C×T×H×W): certify them with "
+                                            "`srtool video` (srtool.certify(videos=…) in Python)")
     return shape
 
 
@@ -527,16 +528,23 @@ def image_plan(spec: ImagePlan, model, input_shape: tuple[int, int, int]):
         resized_hw = (round(h * scale), round(w * scale))
     else:
         resized_hw = (h, w)
-    if spec.patches > 1 and tuple(resized_hw) == tuple(patch_hw):
-        raise UsageError(f"--patches {spec.patches} would cut {spec.patches} identical {patch_hw[0]}×{patch_hw[1]} views "
-                         f"of a {resized_hw[0]}×{resized_hw[1]} image ({spec.patches}× the cost for plain RS's radius): "
-                         f"also pass --resize R with R above {min(patch_hw)}, or --patch-size P below "
-                         f"{min(resized_hw)}")
     if not spec.smooth_reduce and patch_hw != (h, w):
         raise UsageError(f"images are {h}×{w} but the model takes {patch_hw[0]}×{patch_hw[1]}; pass "
                          f"--image-size {patch_hw[0]} to resize on load, or --patch-size/--patches to crop")
     return Plan(input_shape=tuple(input_shape), patch_hw=patch_hw, resized_hw=resized_hw, patches=spec.patches,
                 sampling=spec.sampling, reduce=spec.reduce, noise_space=spec.noise_space)
+
+
+def plan_warnings(plan) -> list[str]:
+    """What to say about a plan that is allowed but wasteful: k views that are all the same crop (no
+    --resize and no smaller --patch-size) cost k times RS for exactly RS's radius. With noise per patch
+    they differ (the radius is divided by √k): sound, and said nothing of."""
+    if plan.patches > 1 and tuple(plan.resized_hw) == tuple(plan.patch_hw) and plan.noise_space != "patch":
+        ph, pw = plan.patch_hw
+        return [f"--patches {plan.patches} cuts {plan.patches} identical {ph}×{pw} views of a "
+                f"{plan.resized_hw[0]}×{plan.resized_hw[1]} image: {plan.patches}× the cost for exactly RS's radius "
+                f"(pass --resize R with R above {min(plan.patch_hw)}, or --patch-size P below {min(plan.resized_hw)})"]
+    return []
 
 
 def auto_batch(plan, n: int, device: str) -> int:
@@ -685,6 +693,7 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     check(first is not None, f"{dataset.source}: none of the first {len(tried)} images could be read "
                              f"(the first: {tried[0] if tried else ''})")
     plan = image_plan(spec, model, first.image.shape)
+    said = plan_warnings(plan)
     denoising = denoising_stage(run, settings.sigma, first.image.shape)
     graph = sampling_graph(models, plan, run.consensus, denoising)
     extra = {"image_size": spec.image_size}
@@ -694,7 +703,9 @@ def _prepare_images(run: Run, worker: bool) -> Job:
     if denoising is not None:  # only then, so that the runs made before denoisers still resume
         extra["denoiser"] = denoising.describe()
         method = denoising_tag(denoising) + "-" + method
-    return _launch(run, models, dataset, plan, graph, settings, method, extra, worker, noise_mode, float_noise)
+    job = _launch(run, models, dataset, plan, graph, settings, method, extra, worker, noise_mode, float_noise)
+    job.warnings += said
+    return job
 
 
 def denoising_stage(run: Run, sigma: float, image_shape):

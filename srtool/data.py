@@ -470,6 +470,10 @@ def _arrays(x: np.ndarray, y: list, path, source: str | None = None) -> Dataset:
     `path` names them in messages, `source` (default: the path) in the results."""
     if x.ndim not in (3, 4):
         raise UsageError(f"{path}: x must be N×C×H×W, N×H×W×C or N×H×W, got shape {x.shape}")
+    if x.ndim == 3 and x.shape[-1] in (3, 4) and x.shape[-2] > 4:  # never guess: N×H×W with W = 3, or H×W×C?
+        raise UsageError(f"{path}: shape {'×'.join(map(str, x.shape))} reads as N×H×W, {x.shape[0]} grey images "
+                         f"{x.shape[1]} by {x.shape[2]} pixels; one colour image is a batch of one: "
+                         "x[None] (N×H×W×C) or N×C×H×W")
     if np.ndim(y) != 1:
         raise UsageError(f"{path}: y must be a 1-D array with one label per image, got shape {np.shape(y)}")
     if len(y) != len(x):

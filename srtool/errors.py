@@ -90,12 +90,36 @@ def in_python_spelling(message: str) -> str:
     return _OPTION.sub(keyword, message)
 
 
+# Other tools' names for srtool's keywords (Cohen's code, IBM ART): a caller who uses them is told ours.
+KEYWORD_ALIASES = {"n_samples": "n", "num": "n", "num_samples": "n", "N": "n", "N0": "n0", "batch_size": "batch",
+                   "noise_sd": "sigma", "sigma_noise": "sigma"}
+
+
+def unknown_keyword(key: str, known) -> str:
+    """"unknown argument 'n_samples' (did you mean n?)": the one answer to a keyword srtool does not take."""
+    import difflib
+
+    known = [k for k in known if not k.startswith("_")]
+    close = [KEYWORD_ALIASES[key]] if KEYWORD_ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
+    return f"unknown argument {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
 def python_spelling(function):
-    """Decorator for the Python API: its UsageErrors name keyword arguments, not command-line flags."""
+    """Decorator for the Python API: its UsageErrors name keyword arguments, not command-line flags, and
+    a keyword it does not take is one of them ("did you mean …"), not Python's TypeError."""
+    import inspect
+
+    known = list(inspect.signature(function).parameters)
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except UsageError as error:
             raise UsageError(in_python_spelling(str(error))) from None
+        except TypeError as error:
+            unexpected = re.search(r"got an unexpected keyword argument '(\w+)'", str(error))
+            if unexpected is None or error.__traceback__.tb_next is not None:  # raised inside, not by the call
+                raise
+            raise UsageError(unknown_keyword(unexpected.group(1), known)) from None
     return wrapper

@@ -174,7 +174,7 @@ def test_python_callers_are_told_the_keyword_to_pass(tmp_path, linear):
     srtool.certify(model, images=data, n0=10, n=50, max=1, out=out)
     with pytest.raises(UsageError, match=r"\(n\); use overwrite=True or another out=$"):
         srtool.certify(model, images=data, n0=10, n=60, max=1, out=out)
-    with pytest.raises(UsageError, match=r"^unknown argument 'batch_size' \(use batch\)$"):
+    with pytest.raises(UsageError, match=r"^unknown argument 'batch_size' \(did you mean batch\?\)$"):
         srtool.certify(model, images=data, out=out, batch_size=8)
     with pytest.raises(UsageError, match=r"^unknown argument 'sigmas' \(did you mean sigma\?\)$"):
         srtool.certify(model, images=data, out=out, sigmas=0.5)
