@@ -20,6 +20,7 @@ from .errors import UsageError
 
 
 SHOW_AFTER_RUN = 20  # runs of at most this many inputs print one line per input (as srtool show)
+DEVICE_HELP = "ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."
 NOISE_HELP = ("The noise sampler. 'auto': the exact discretized Gaussian on the 1/255 grid, whose radii hold in "
               "floating point, wherever it applies (8-bit inputs, --noise-space input), else the float one "
               "with a warning; 'discrete': that sampler or a refusal; 'host': float32 Box–Muller on the host; "
@@ -48,7 +49,7 @@ def run_options(inputs: str) -> list:
         click.option("--seed", type=int, default=0, show_default=True,
                      help=f"Seed of the per-{inputs} noise streams; same seed, same results."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="ONNX Runtime device; 'cuda' fails if ONNX Runtime cannot use the GPU."),
+                     help=DEVICE_HELP),
         click.option("--noise", "noise_mode", type=click.Choice(core.NOISE_MODES), default="auto",
                      show_default=True, help=NOISE_HELP),
         click.option("--threads", type=int, default=0, show_default=True,
@@ -94,6 +95,14 @@ def plan_options(function):
         click.option("--n", "n", type=int, default=None,
                      help=f"Noisy copies for the estimate (default {core.PAPER_N['images']:,}; "
                           f"{core.DEMO_N['images']:,} on the shipped sample)."),
+        *view_options(),
+    ]
+    return _apply(options + run_options("input"), function)
+
+
+def view_options() -> list:
+    """How a noisy copy becomes the views the model sees: certify, predict and bench alike."""
+    return [
         click.option("--patches", type=int, default=1, show_default=True,
                      help="k views per noisy copy (1 = standard randomized smoothing)."),
         click.option("--patch-size", type=int, default=None,
@@ -108,7 +117,6 @@ def plan_options(function):
                      show_default=True,
                      help="Where the noise goes; the radius is corrected to hold for the input (docs/soundness.md)."),
     ]
-    return _apply(options + run_options("input"), function)
 
 
 def engine_options(function):
@@ -294,7 +302,9 @@ def _execute(run: core.Run, quiet: bool) -> None:
         where = f"{done} done, " if done else ""
         command = ("video" + (" --predict" if job.settings.mode == "predict" else "") if run.kind == "videos"
                    else job.settings.mode)
-        click.echo(f"srtool {command}: {Path(job.config['model']).name} on {job.config['device']}, "
+        stage = job.config.get("denoiser")
+        front = f" behind {Path(stage['model']).name}" if stage else ""
+        click.echo(f"srtool {command}: {Path(job.config['model']).name}{front} on {job.config['device']}, "
                    f"σ={job.settings.sigma:g}, n={job.settings.n:,}, {where}{len(job.todo)} to go → {job.writer.path}",
                    err=True)
     try:
@@ -454,9 +464,12 @@ def _show_table(path, errors_only: bool = False, results=None) -> None:
 
     results = results or read_results(path)
     header, rows = per_input(results, errors_only, for_people=True)
+    if errors_only and not rows:
+        click.echo(f"{path}: every one of its {len(results)} inputs was evaluated; no errors")
+        return
     _print_table(header, [["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
                           for row in rows])
-    note = capped_note(results)
+    note = None if errors_only else capped_note(results)  # the * marks rows that --errors does not list
     if note:
         click.echo(note, err=True)
 
@@ -464,17 +477,16 @@ def _show_table(path, errors_only: bool = False, results=None) -> None:
 @cli.command()
 @click.option("--model", type=click.Path(), default=None,
               help=f"ONNX model (default: shipped {core.DEFAULT_MODEL}).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch", default="auto", show_default=True, help="Noisy copies per ONNX Runtime call.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help=DEVICE_HELP)
+@click.option("--batch", default="auto", show_default=True,
+              help="Noisy copies per ONNX Runtime call of the pipeline ('auto': the best of a sweep; the bare "
+                   "model is always swept).")
 @click.option("--threads", type=int, default=0, show_default=True,
               help="CPU sampling loops, one ONNX Runtime thread each (0 = one per core).")
-@click.option("--image-size", type=int, default=None, help="Input edge (default: the model's input size).")
-@click.option("--patches", type=int, default=1, show_default=True)
-@click.option("--patch-size", type=int, default=None)
-@click.option("--resize", type=int, default=None)
-@click.option("--sampling", type=click.Choice(["dense", "random"]), default="dense", show_default=True)
-@click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
-@click.option("--noise-space", type=click.Choice(["input", "resized", "patch"]), default="input", show_default=True)
+@click.option("--image-size", type=int, default=None,
+              help="Edge of the square images measured (default: the model's input size).")
+@lambda function: _apply(view_options(), function)
 @click.option("--noise", "noise_mode", type=click.Choice(core.NOISE_MODES), default="auto",
               show_default=True, help=NOISE_HELP)
 @click.option("--denoiser", type=click.Path(), default=None, help="A Gaussian denoiser in front (docs/denoised.md).")
@@ -484,7 +496,8 @@ def _show_table(path, errors_only: bool = False, results=None) -> None:
 @click.option("--timestep", type=int, default=None, help="With --diffusion: the step (default: t* for --sigma).")
 @click.option("--sigma", type=float, default=None, help="σ the pipeline adds (default: the model's, or 0.25).")
 @click.option("--seconds", type=float, default=3.0, show_default=True,
-              help="Time per measurement, in three rounds that alternate model and pipeline.")
+              help="Time budget of each measurement (bare model, pipeline, denoiser), each swept over batch "
+                   "sizes in rounds that alternate them; the whole takes a few times this.")
 @click.option("--run", "run_file", type=click.Path(), default=None,
               help="Also project the time per input of this results file's run (e.g. a --sequential one) "
                    "from its mean noisy copies per input.")

@@ -283,6 +283,9 @@ class Output:
     def __post_init__(self):
         _plain(self)
         _path_or_none(self.out, "--out")
+        check(self.out is None or Path(self.out).suffix in ("", ".parquet"),
+              f"--out {shown(str(self.out))}: srtool writes Parquet; name the file *.parquet (srtool show RUN "
+              "--format csv|json converts it)")
         _flag(self.overwrite, "--overwrite")
         _whole(self.skip, "--skip")
         check(self.skip >= 1, "--skip must be at least 1")

@@ -126,8 +126,8 @@ def to_unit_chw(array: np.ndarray) -> np.ndarray:
     if not np.isfinite(array).all():
         raise PixelError("non-finite pixel values (NaN or inf)")
     low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
-    if low < 0 or high > 1:
-        raise PixelError(f"pixel values from {low:g} to {high:g} lie outside [0,1]; "
+    if low < 0 or high > 1:  # enough digits that the bound crossed shows (1.0000001, not 1)
+        raise PixelError(f"pixel values from {low:.9g} to {high:.9g} lie outside [0,1]; "
                          "scale them to [0,1] or store uint8 0–255")
     return array
 
@@ -175,6 +175,8 @@ def _read_image_file(path: str) -> Decoded:
     depth), so for them the orientation is only read, to be recorded.
     """
     data = Path(path).read_bytes()
+    if not data:
+        raise ValueError("an empty file (0 bytes)")
     # imdecode rather than imread: OpenCV 5's imread fails on TIFF files that carry an orientation.
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -525,7 +527,7 @@ def _check_pixel_range(x: np.ndarray, path: Path) -> None:
     if low < 0 or high > 1:
         fix = ("scale them to [0,1] (e.g. x / 255) or store uint8 0–255" if x.dtype.kind == "f"
                else "store them as uint8 (0–255) or as float in [0,1]")
-        low, high = (f"{float(v):g}" if x.dtype.kind == "f" else str(int(v)) for v in (low, high))
+        low, high = (f"{float(v):.9g}" if x.dtype.kind == "f" else str(int(v)) for v in (low, high))
         raise UsageError(f"{path}: x holds {x.dtype} values from {low} to {high}, outside [0,1]; {fix}")
 
 

@@ -98,6 +98,7 @@ def make_session(model: onnx.ModelProto | bytes, device: str = "cpu", threads: i
                  else ["CPUExecutionProvider"])
     if provider_options and providers[0] == "CUDAExecutionProvider":
         providers[0] = ("CUDAExecutionProvider", dict(provider_options))
+    ort.set_default_logger_severity(4)  # a provider that fails to load logs there, before any session option
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: ORT's errors reach the user as srtool's one line, not twice
     options.intra_op_num_threads = threads

@@ -59,7 +59,8 @@ def run_label(config: dict) -> str:
     ensemble += f" K={config['consensus']}" if config.get("consensus") else ""
     stage = config.get("denoiser")  # classifier ∘ denoiser (docs/denoised.md)
     if stage:
-        ensemble += f" + DDS t={stage['timestep']}" if stage["kind"] == "diffusion" else " + denoiser"
+        ensemble += (f" + DDS {Path(stage['model']).stem} t={stage['timestep']}" if stage["kind"] == "diffusion"
+                     else f" + denoiser {Path(stage['model']).stem}")
     mode = " predict" if config.get("command") == "predict" else " sequential" if config.get("sequential") else ""
     # a float sampler's radii do not hold in floating point (docs/soundness.md): the one mark a run may carry
     inexact = "" if holds_in_floating_point(config) else " float-noise"
@@ -245,9 +246,9 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
         row = [s.get("label") or s["run"], f"{s['n']:,}",
                f"{s['inputs']}" + (f" ({', '.join(notes)})" if notes else ""),
                _pct(s["accuracy"]), _pct(s["abstention"]),
-               "-" if "acr" not in s else f"{s['acr']:.3f}",
+               "-" if s.get("acr") is None or s["acr"] != s["acr"] else f"{s['acr']:.3f}",  # none, or no labels
                "-" if factor is None else f"{factor:.4g}",
-               _count(s.get("forward_per_input")) + (f" ({s['saving']:.1f}× less)" if "saving" in s else ""),
+               _count(s.get("forward_per_input")) + (f" ({s['saving']:.1f}× less)" if s.get("saving", 1) >= 1.05 else ""),
                _fill(s.get("copies_per_call"), s.get("batch"))]
         cap = s.get("max_radius")
         row += [_pct(certified[f"{r:g}"]) + ("*" if cap is not None and r > cap else "") if f"{r:g}" in certified
@@ -295,11 +296,14 @@ def per_input(results, errors_only: bool = False, for_people: bool = False) -> t
     header = ["input", "label", "predict", "radius", "p_lower", "error"]
     if config.get("command") == "predict":
         header[3:5] = ["p_value"]
+    sequential = bool(config.get("sequential"))
+    if sequential:  # each row drew its own number of copies, and stopped for a reason
+        header[-1:-1] = ["n", "stop"]
     rows = []
     for row in results.table.to_pylist():
         if errors_only and row["error"] is None:
             continue
-        where = row.get("path") or str(row["index"])
+        where = row.get("path") or (str(row["index"]) if for_people else row["index"])
         if for_people and row.get("path") and Path(where).is_absolute() and root.is_absolute():
             where = _under(Path(where), root)
         label = name(row["label"]) if row["label"] >= 0 else "-"
@@ -307,6 +311,8 @@ def per_input(results, errors_only: bool = False, for_people: bool = False) -> t
         numbers = [row.get("p_value")] if config.get("command") == "predict" else [row["radius"], row["p_lower"]]
         if for_people and _capped(row, config):
             numbers[0] = f"{row['radius']:.4g}*"
+        if sequential:
+            numbers += [row["n"], row.get("stop")]
         rows.append([where, label, predicted, *numbers, row["error"]])
     return header, rows
 

@@ -75,3 +75,63 @@ def test_click_usage_errors_are_one_line(capsys, args, words):
     code, out, err = cli(*args, capsys=capsys)
     assert code == 2 and words in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert "Usage:" not in err and out == ""
+
+
+# -- crashes and messages ---------------------------------------------------------------------------------
+
+def test_python_inputs_that_crashed_are_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    smooth = srtool.Smooth(srtool.shipped())
+    for call, words in [
+        (lambda: smooth.certify(np.zeros((0, 1, 28, 28), np.uint8)), "holds no images"),
+        (lambda: srtool.load_images(np.zeros((2, 28, 28))), "load_images takes a path"),
+        (lambda: srtool.certify(images=["a.png", "b.png"]), "not file names"),
+        (lambda: smooth.certify(np.zeros((1, 28, 28), np.uint8), n_samples=500), "did you mean n?"),
+        (lambda: smooth.predict(np.zeros((1, 28, 28), np.uint8), num=500), "did you mean n?"),
+        (lambda: srtool.certify(images=SAMPLE, num=500), "did you mean n?"),
+        (lambda: srtool.Smooth(srtool.shipped(), diffusion=tmp_path / "missing.onnx"), "diffusion model not found"),
+        (lambda: srtool.Smooth([srtool.shipped(), tmp_path / "gone.onnx"]), "ensemble member 2 not found"),
+        (lambda: srtool.certify(images=np.zeros((28, 28, 3), np.uint8), out=tmp_path / "o.parquet"), "x[None]"),
+    ]:
+        with pytest.raises(UsageError, match=words) as refused:
+            call()
+        assert "\n" not in str(refused.value)
+    grad = torch.zeros((1, 28, 28), requires_grad=True)  # a tensor that tracks gradients: detached, as numpy
+    assert smooth.certify(grad, n0=10, n=20).n == 20
+
+
+def test_certificates_index_like_cohens_tuple():
+    cert = srtool.Smooth(srtool.shipped()).certify(np.load(SAMPLE)["x"][0][None], n0=10, n=30)
+    assert (cert[0], cert[1]) == tuple(cert) == (cert.label, cert.radius) and len(cert) == 2
+
+
+def test_messages_show_the_value_that_crossed(tmp_path, capsys):
+    images = tmp_path / "photos"
+    images.mkdir()
+    (images / "empty.png").write_bytes(b"")
+    import cv2
+    cv2.imwrite(str(images / "fine.png"), np.full((28, 28), 200, np.uint8))
+    out = tmp_path / "r.parquet"
+    code, _, err = cli("certify", "--images", images, "--n0", 10, "--n", 20, "--quiet", "--out", out, capsys=capsys)
+    assert code == 2
+    assert read(out)[0].column("error").to_pylist() == ["unreadable: an empty file (0 bytes)", None]
+    with pytest.raises(UsageError, match=r"from 1\.00000012 to 1\.00000012 lie outside"):
+        srtool.Smooth(srtool.shipped()).certify(np.full((1, 28, 28), np.float32(1.0000001)), n0=10, n=20)
+
+
+def test_outputs_say_what_they_hold(tmp_path, capsys):
+    code, _, err = cli("certify", "--max", 2, "--n", 20, "--out", tmp_path / "r.csv", capsys=capsys)
+    assert code == 2 and "writes Parquet" in err and not (tmp_path / "r.csv").exists()
+    run = tmp_path / "s.parquet"
+    assert cli("certify", "--sequential", "--n", 500, "--max", 2, "--quiet", "--out", run, capsys=capsys)[0] == 0
+    code, stdout, _ = cli("show", run, capsys=capsys)
+    assert " n " in stdout and "stop" in stdout
+    code, stdout, err = cli("show", run, "--errors", capsys=capsys)
+    assert "no errors" in stdout and "*" not in err
+    import json
+    code, stdout, _ = cli("show", run, "--format", "json", capsys=capsys)
+    assert json.loads(stdout)[0]["input"] == 0
+    code, stdout, _ = cli("bench", "--help", capsys=capsys)
+    for option in ("--patches", "--patch-size", "--resize", "--sampling", "--reduce", "--noise-space", "--image-size"):
+        described = stdout.split(option, 1)[1].split("\n  --", 1)[0]
+        assert len(described.split()) > 3, option
