@@ -5,10 +5,11 @@ one Box–Muller draw: v_i = fl32(r·cos θ), v_{i+32} = fl32(r·sin θ), with �
 for an integer a < 2^24. At a black pixel 0 + v = v exactly, so atan2(v_{i+32}, v_i), taken in
 float64, gives θ back to within the float32 roundings of the product and of numpy's float32 cos and
 sin. Those are relative errors e of each value, and they move the angle by |sin θ cos θ|·(e_sin − e_cos):
-with cos and sin within 1.5 ulp (numpy's SIMD float32 sin/cos: 1.49 ulp at most; glibc's: 1) and
-the product's rounding, |e| ≤ 1.5·2^-23 + 2^-24, so the recovered angle lies within
-C·|sin θ cos θ| of the set {fl32(a·step)}, C = 5·10^-7 (3.2 million pairs of srtool's sampler gave
-at most 2.5·10^-7 here). A continuous Gaussian pair's angle is uniform: it passes that test 70% of
+with cos and sin within 1.5 ulp (numpy's SIMD float32 sin/cos: 1.49 ulp at most, 1.42 measured;
+its scalar path: 0.56) and the product's rounding, |e| ≤ 1.5·2^-23 + 2^-24, so the recovered angle
+lies within C·|sin θ cos θ| of the set {fl32(a·step)}, C = 5·10^-7 ≥ 2·(1.5·2^-23 + 2^-24)
+(3.2 million pairs of srtool's sampler gave at most 2.5·10^-7 on the SIMD path, 1.9·10^-7 with
+NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR"). A continuous Gaussian pair's angle is uniform: it passes that test 70% of
 the time, and all 32 pairs of a copy pass with probability about 0.7^32 = 10^-5. The model votes 1
 when all 32 pairs pass: at the black image every float copy votes 1 and srtool certifies class 1
 at σ·Φ⁻¹(α^(1/n)), while at a point four pixels of 1/255 away (fl32(1/255 + v) no longer carries
@@ -31,7 +32,7 @@ from srtool.noise import ANGLE_STEP, Gaussian
 
 PAIRS = 32  # a 1×8×8 copy: values i and i + 32 come from one draw
 TOLERANCE = 5e-7  # C: the sampler's angle error over |sin θ cos θ| (at most 2.5e-7 measured)
-ATAN_TERMS = 16  # atan(w) = Σ (-1)^k w^(2k+1)/(2k+1), |w| ≤ tan(π/8): the rest is below 3·10^-15
+ATAN_TERMS = 16  # atan(w) = Σ (-1)^k w^(2k+1)/(2k+1), |w| ≤ tan(π/8): the rest is below 10^-14
 
 
 def structure_reader(path) -> str:
