@@ -9,8 +9,9 @@ with cos and sin within 1.5 ulp (numpy's SIMD float32 sin/cos: 1.49 ulp at most,
 its scalar path: 0.56) and the product's rounding, |e| ≤ 1.5·2^-23 + 2^-24, so the recovered angle
 lies within C·|sin θ cos θ| of the set {fl32(a·step)}, C = 5·10^-7 ≥ 2·(1.5·2^-23 + 2^-24)
 (3.2 million pairs of srtool's sampler gave at most 2.5·10^-7 on the SIMD path, 1.9·10^-7 with
-NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR"). A continuous Gaussian pair's angle is uniform: it passes that test 70% of
-the time, and all 32 pairs of a copy pass with probability about 0.7^32 = 10^-5. The model votes 1
+NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR"). A continuous Gaussian pair's
+angle is uniform: it passes that test 70% of the time, and all 32 pairs of a copy pass with
+probability about 0.7^32 = 10^-5. The model votes 1
 when all 32 pairs pass: at the black image every float copy votes 1 and srtool certifies class 1
 at σ·Φ⁻¹(α^(1/n)), while at a point four pixels of 1/255 away (fl32(1/255 + v) no longer carries
 θ) most float copies vote 0. Under the exact discrete sampler almost no copy passes (its values
