@@ -131,9 +131,9 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_float_sampler_certifies_past_a_point_of_the_other_class(tmp_path):
     """noise="host": every copy at the black image votes 1, so it is certified class 1 at
-    σ·Φ⁻¹(α^(1/n)) = 0.25·Φ⁻¹(0.001^(1/500)) = 0.551; NEAR, 0.0078 away, is predicted class 0, and
-    ALL, 0.031 away, is certified class 0 at the same radius: two certified balls of different
-    classes overlap. Cohen's theorem is not wrong: the float smoothed classifier is not the one it
+    σ·Φ⁻¹(α^(1/n)) = 0.25·Φ⁻¹(0.001^(1/500)) = 0.551; NEAR, 0.0078 away, is predicted class 0 and even
+    certified class 0 past BLACK, and ALL, 0.031 away, is certified class 0 at the same radius:
+    certified balls of different classes overlap. Cohen's theorem is not wrong: the float smoothed classifier is not the one it
     is about."""
     smooth = srtool.Smooth(structure_reader(tmp_path / "reader.onnx"), sigma=0.25, noise="host", threads=1)
     expected = 0.25 * scipy_stats.norm.ppf(ALPHA ** (1 / N))
@@ -143,6 +143,9 @@ def test_float_sampler_certifies_past_a_point_of_the_other_class(tmp_path):
     with pytest.warns(UserWarning, match="float noise sampler"):
         at_near = smooth.predict(NEAR, n=N, alpha=ALPHA)
     assert int(at_near.label) == 0 and distance(BLACK, NEAR) < float(at_black.radius)
+    with pytest.warns(UserWarning, match="float noise sampler"):
+        near_certified = smooth.certify(NEAR, n0=50, n=N, alpha=ALPHA)
+    assert int(near_certified.label) == 0 and float(near_certified.radius) > distance(BLACK, NEAR)
     with pytest.warns(UserWarning, match="float noise sampler"):
         at_all = smooth.certify(ALL, n0=50, n=N, alpha=ALPHA)
     assert int(at_all.label) == 0 and abs(float(at_all.radius) - expected) < 1e-6
