@@ -1,5 +1,5 @@
-"""Seeded Gaussian noise on the host: float Box–Muller (Gaussian, the default) and the exact
-discretized Gaussian on the 1/255 grid (DiscreteGaussian, `--noise discrete`), one factory (sampler).
+"""Seeded Gaussian noise on the host: float Box–Muller (Gaussian, `--noise host`) and the exact
+discretized Gaussian on the 1/255 grid (DiscreteGaussian, the default on grid inputs), one factory (sampler).
 
 Every input gets its own independent streams, derived from (seed, input index) with numpy's
 SeedSequence, so an input's noise does not depend on which inputs ran before it, on the batch size,
@@ -24,8 +24,10 @@ What the generator guarantees (docs/soundness.md quotes this):
   ceil(d/2)·2^-40, and no vote probability moves by more through the cut (d = 784: 3.6e-10;
   3×224×224: 6.8e-8; 16×3×112×112: 2.7e-7), against 1 - p_lower ≥ 6.9e-5 for any certificate
   of n = 100,000 copies at α = 0.001.
-- θ = a·fl32(2π·2^-24) with a the draw's low 24 bits, one float32 rounding: a grid of 3.7e-7 rad,
-  no coarser than float32's own spacing of angles in [4, 2π) (4.8e-7), which any float32 angle has.
+- θ = a·fl32(2π·2^-24) with a the draw's low 24 bits, one float32 rounding: a grid of 3.7e-7 rad.
+  Close to a uniform angle in law, but readable: where x = 0 a pair reaches the model unchanged and
+  its angle lies on this grid, which a Gaussian pair's never does, so a crafted model gets false
+  certificates (tests/test_float_attack.py). No float sampler is sound against such a model.
 - ln u is log1p(-k·2^-40) in float64 (exact argument, accurate near u = 1, the small radii, and
   near u = 0, the tail); σ²·(-2 ln u) is rounded to float32 once, then sqrt, cos and sin run in
   float32 (numpy's SIMD code: within a few float32 ulps), as the noisy input is float32 anyway.
