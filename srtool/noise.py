@@ -40,10 +40,12 @@ function of (seed, input index, purpose, j), whatever batch or sampling loop dra
 draw their batches in parallel. The values can differ in the last float32 bits between machines
 whose numpy uses other SIMD code for log1p, cos or sin.
 
-DiscreteGaussian reads the same per-input streams, one 64-bit draw per value, and draws the grid
-step j of each pixel from an integer alias table whose weights are the exact probabilities to
-2^-64 (DiscreteTable); the noisy value is (x_int + j, clipped) / 255, formed in integers and
-divided once, so certificates hold in floating point (docs/soundness.md).
+DiscreteGaussian reads the same per-input streams, 16 bits per value, and draws the grid step j of
+each pixel by inverting the exact integer CDF (weights the exact probabilities to 2^-64,
+DiscreteTable): a 65,536-entry table decides j from those 16 bits except for the few prefixes a
+threshold splits, which read 48 more bits from a second stream. The noisy value is (x_int + j,
+clipped) / 255, formed in integers and divided once, so certificates hold in floating point
+(docs/soundness.md).
 
 ORT's CPU RandomNormal must never be used for certification: its engine has period 2^31.
 """
