@@ -267,6 +267,11 @@ def cap_notes(summaries: list[dict], radii=None) -> list[str]:
         if cap is None or not any(r > cap for r in radii):
             continue
         over = [f"@{r:g}" for r in radii if r > cap]
+        if cap <= 0:  # even all n votes leave p_lower ≤ ½
+            least = int(np.ceil(np.log(s.get("alpha", 0.001)) / np.log(0.5)))
+            notes.append(f"* {s.get('label') or s['run']}: n = {s['n']:,} and α = {s.get('alpha', 0.001):g} certify no "
+                         f"radius at all (every vote for the class still leaves p_lower ≤ ½; n must be at least {least})")
+            continue
         sigma = f" = {cap / s['sigma']:.2f}σ" if s.get("sigma") else ""
         notes.append(f"* {s.get('label') or s['run']}: n = {s['n']:,} and α = {s.get('alpha', 0.001):g} certify no "
                      f"radius above {cap:.3g}{sigma} (σ·Φ⁻¹(α^(1/n))); {', '.join(over)} "
