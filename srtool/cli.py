@@ -391,8 +391,16 @@ def _radii(text: str | None):
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "cohen-tsv"]),
               default="table", show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Write certified accuracy vs radius to this image.")
-def report(runs, radii, fmt, plot):
-    """Summarize results files: accuracy, certified accuracy at radii, ACR, abstention."""
+@click.option("--ci", is_flag=True, help="Also each certified accuracy with its 95% Clopper–Pearson interval "
+              "over the test set.")
+@click.option("--compare", is_flag=True, help="Compare every run with the first on the same inputs: "
+              "difference at each radius with an exact McNemar p, ACR difference with a paired bootstrap 95% interval.")
+@click.option("--envelope", is_flag=True, help="The best run at each radius (the envelope over σ); "
+              "drawn on --plot too.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --compare's bootstrap.")
+def report(runs, radii, fmt, plot, ci, compare, envelope, seed):
+    """Summarize results files (or Cohen/DDS certify logs): accuracy, certified accuracy at radii,
+    ACR, abstention."""
     from . import report as rep
 
     radii = _radii(radii)
@@ -409,12 +417,29 @@ def report(runs, radii, fmt, plot):
         _print_summary(summaries, radii)
     if fmt in ("table", "markdown"):
         _print_notes(summaries, radii)
+    core.check(fmt in ("table", "markdown") or not (compare or envelope),
+               "--compare and --envelope print tables (--format table or markdown); from Python: Results.compare")
+    extra = []
+    if ci and fmt != "json":  # the JSON summaries carry the intervals already
+        extra.append(rep.interval_rows(summaries, radii))
+    if compare:
+        core.check(len(loaded) >= 2, "--compare needs two runs or more (each is compared with the first)")
+        extra.append(rep.comparison_rows(loaded, summaries, radii, seed=seed))
+    if envelope:
+        extra.append(rep.envelope_row(summaries, radii))
+    for header, rows in extra:
+        if fmt == "markdown":
+            click.echo("\n" + rep.markdown(header, rows))
+        else:
+            click.echo("")
+            _print_table(header, rows)
     for summary in summaries:
         if summary["errors"] and fmt == "table":
             click.echo(f"{summary['label']}: {summary['errors']} error rows (srtool show {summary['file']} --errors)",
                        err=True)
     if plot:
-        said = rep.plot([(table, config, s["label"]) for (table, config, _), s in zip(loaded, summaries)], plot)
+        said = rep.plot([(table, config, s["label"]) for (table, config, _), s in zip(loaded, summaries)], plot,
+                        with_envelope=envelope)
         for line in said:
             click.echo(f"plot: {line}", err=True)
         click.echo(f"plot: {plot}", err=True)
