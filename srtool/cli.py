@@ -570,6 +570,46 @@ def bench(**o):
                    f"per input{fill}): {run['projected_s_per_input']:.2f} s")
 
 
+# -- export: PyTorch → ONNX, delegating to the exporters package (shipped in the wheel) ------------
+
+EXPORTERS = {
+    "smoothing": "Cohen et al. / SmoothAdv checkpoints (CIFAR-10, ImageNet, ImageNet-32 ResNets).",
+    "mars": "MARS RGB-stream 3-D ResNeXt-101 video classifiers.",
+    "diffusion": "improved-/guided-diffusion ε-prediction UNets, for certify --diffusion.",
+    "factory": "Any PyTorch classifier, denoiser or diffusion UNet built by package.module:callable.",
+}
+
+
+@cli.group()
+def export():
+    """Export PyTorch checkpoints to ONNX models srtool runs (needs torch: pip install 'srtool[export]').
+
+    Each command takes the arguments of its exporter (srtool export NAME --help); with no -o the
+    model is written into the current directory."""
+
+
+def _add_exporter(name: str, summary: str) -> None:
+    @export.command(name=name, help=summary + f" Arguments: srtool export {name} --help.",
+                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                    add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args):
+        import importlib
+        import importlib.util
+
+        missing = [m for m in ("torch", "onnxscript") if importlib.util.find_spec(m) is None]
+        core.check(not missing, f"srtool export needs {' and '.join(missing)}: pip install 'srtool[export]'")
+        from exporters import common
+
+        module = importlib.import_module(f"exporters.{name}")
+        common.COMMAND = f"srtool export {name}"  # usage lines and errors name the command as typed
+        raise click.exceptions.Exit(common.run_cli(module.main, list(args)))
+
+
+for _name, _summary in EXPORTERS.items():
+    _add_exporter(_name, _summary)
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="srtool", standalone_mode=False)
