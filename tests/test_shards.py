@@ -100,3 +100,14 @@ def test_bad_shards_are_one_line(tmp_path, capsys):
     assert code == 2 and "not a readable Parquet shard" in err and "Traceback" not in err
     code, _, err = run_srtool("certify", "--model", MODEL, "--images", f"{tmp_path}/none-*.tar", capsys=capsys)
     assert code == 2 and "no file matches" in err
+
+
+def test_shards_resume_across_the_shard_boundary(forms, capsys):
+    root, _ = forms
+    out, whole = root / "resumed.parquet", root / "whole.parquet"
+    common = ["--model", MODEL, "--images", root / "tar", "--n0", 16, "--n", 64, "--seed", 1, "--quiet"]
+    assert run_srtool("certify", *common, "--max", 3, "--out", out, capsys=capsys)[0] == 0
+    assert run_srtool("certify", *common, "--max", 8, "--out", out, capsys=capsys)[0] == 0  # extends it
+    assert run_srtool("certify", *common, "--max", 8, "--out", whole, capsys=capsys)[0] == 0
+    columns = ["index", "label", "predict", "radius", "correct", "path"]
+    assert read(out)[0].select(columns).equals(read(whole)[0].select(columns))
