@@ -71,8 +71,8 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def paired(table_a: pa.Table, table_b: pa.Table, radii, seed: int = 0, resamples: int = BOOTSTRAP) -> dict:
-    """Run B against run A on the same inputs. Inputs an error row left out of either run are left
-    out of both (counted in `left_out`); anything else that differs (indices, labels) is refused."""
+    """Run B against run A on the same inputs. Inputs either run could not score (an error row, no
+    label) are left out of both (counted in `left_out`); other differences (indices, labels) are refused."""
     a, b = _scored(table_a), _scored(table_b)
     all_a = set(table_a.column("index").to_pylist())
     all_b = set(table_b.column("index").to_pylist())

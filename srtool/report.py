@@ -279,7 +279,7 @@ def comparison_rows(loaded, summaries: list[dict], radii=None, seed: int = 0) ->
         c = paired(base, table, radii, seed=seed)
         low, high = c["acr_interval"]
         cells = [f"{100 * row['difference']:+.1f} ({row['p']:.3g})" for row in c["certified"]]
-        pairs = f"{c['pairs']}" + (f" (-{c['left_out']} err)" if c["left_out"] else "")
+        pairs = f"{c['pairs']}" + (f" ({c['left_out']} left out)" if c["left_out"] else "")
         rows.append([s.get("label") or s["run"], pairs, f"{c['acr_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"]
                     + cells)
     return header, rows
