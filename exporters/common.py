@@ -573,6 +573,14 @@ def base_metadata(arch: str, normalize: str, num_classes: int, classes: list[str
     return meta
 
 
+# How the running command is spelled in usage lines: `srtool export NAME` sets it (srtool/cli.py).
+COMMAND: str | None = None
+
+
+def program_name(module: str) -> str:
+    return COMMAND or f"python -m exporters.{module}"
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's main, turning ExportError into 'error: ...' and exit code 2 (no traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)

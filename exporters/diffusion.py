@@ -60,7 +60,7 @@ from torch import nn
 
 from exporters.archs.unet import UNetModel, attention_rates, default_channel_mult
 from exporters.common import (FP32_RTOL, ExportError, fit_state_dict, info, load_checkpoint,
-                              run_cli, sha256_file, unwrap_checkpoint)
+                              program_name, run_cli, sha256_file, unwrap_checkpoint)
 
 DATA_RANGE = (-1.0, 1.0)
 # σ of the parity inputs, [0,1] pixel units: the noise levels certificates are usually stated at.
@@ -206,11 +206,31 @@ class Export:
     metadata: dict[str, str]
     parity_cases: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
     opset: int = 20
+    # A fully convolutional denoiser: its image input's H and W are left open in the graph (dynamic),
+    # so one export serves every image size; `pinned` is the metadata to fall back to, with H×W fixed,
+    # where torch.export cannot keep them open.
+    spatial: bool = False
+    pinned: dict[str, str] = field(default_factory=dict)
+
+
+SPATIAL_CASE = "larger images"  # the parity case at another H×W, only for spatial exports
 
 
 def _export_program(job: Export):
+    if job.spatial:
+        try:
+            return _export_program_once(job)
+        except ExportError as exc:
+            info(f"H and W stay fixed: torch.export cannot leave them open ({exc})")
+            job.spatial, job.metadata = False, job.pinned
+            job.parity_cases = [case for case in job.parity_cases if case[0] != SPATIAL_CASE]
+    return _export_program_once(job)
+
+
+def _export_program_once(job: Export):
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch")
+    spatial = {0: batch, 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -220,7 +240,8 @@ def _export_program(job: Export):
             return torch.onnx.export(
                 job.model, tuple(job.inputs.values()), None, dynamo=True, verbose=False,
                 opset_version=job.opset, input_names=list(job.inputs), output_names=[job.output],
-                dynamic_shapes=tuple({0: batch} for _ in job.inputs), optimize=True)
+                dynamic_shapes=tuple(spatial if job.spatial and i == 0 else {0: batch}
+                                     for i in range(len(job.inputs))), optimize=True)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first} "
@@ -241,6 +262,11 @@ def _check(path: Path, job: Export) -> None:
         if dims[0].HasField("dim_value"):
             raise ExportError(f"exported input '{name}' has a fixed batch size; the model's forward "
                               f"must not hard-code it")
+        if job.spatial and name == next(iter(job.inputs)):  # C fixed, H and W open
+            if dims[1].dim_value != example.shape[1] or any(d.HasField("dim_value") for d in dims[2:]):
+                raise ExportError(f"exported input '{name}' should be N,{example.shape[1]},H,W with H and W "
+                                  f"open; it is {[d.dim_value or d.dim_param for d in dims]}")
+            continue
         if [d.dim_value for d in dims[1:]] != list(example.shape[1:]):
             raise ExportError(f"exported input '{name}' has shape {[d.dim_value for d in dims[1:]]}, "
                               f"expected {list(example.shape[1:])}")
@@ -369,11 +395,27 @@ def denoiser_job(model: nn.Module, input_shape: Sequence[int], metadata: dict[st
         extra = {"sigma_scale": sigma_scale}
         if sigma_range is not None:
             extra["sigma_range"] = list(sigma_range)
-    meta = {**metadata, "srtool.kind": "denoiser",
-            "srtool.input_shape": ",".join(map(str, shape))}
+    meta = {**metadata, "srtool.kind": "denoiser"}
     if extra:
         meta["srtool.denoiser"] = json.dumps(extra)
-    return Export(model, example, "denoised", meta, cases, opset)
+    pinned = {**meta, "srtool.input_shape": ",".join(map(str, shape))}
+    # Fully convolutional (a blind denoiser that keeps the shape of an input twice as high and wide):
+    # H and W stay open, so Smooth-Reduce on larger images needs no re-export; srtool then reads the
+    # open sizes from the graph, so no srtool.input_shape pins them.
+    larger = (shape[0], 2 * shape[1], 2 * shape[2])
+    spatial = noise_level_shape is None and _keeps_shape(model, larger)
+    if spatial:
+        cases.append((SPATIAL_CASE, {"input": noisy_images(rng, batch, larger, sigmas[0])}))
+    return Export(model, example, "denoised", meta if spatial else pinned, cases, opset, spatial, pinned)
+
+
+def _keeps_shape(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.rand(EXPORT_BATCH, *shape))
+    except Exception:  # the network wants its trained size: H and W stay fixed
+        return False
+    return isinstance(out, torch.Tensor) and tuple(out.shape) == (EXPORT_BATCH, *shape)
 
 
 def _probe(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -434,7 +476,7 @@ DIFFUSION_FLAGS = {"diffusion_steps": int, "noise_schedule": str, "rescale_times
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m exporters.diffusion",
+        prog=program_name("diffusion"),
         description="Export an improved-/guided-diffusion UNet checkpoint to an ONNX model for "
                     "srtool --diffusion, then check it against PyTorch on noisy inputs.")
     parser.add_argument("checkpoint", type=Path, help="the .pt state dict")

@@ -42,12 +42,13 @@ from torch import nn
 from exporters.common import (ExportError, Job, Preprocess, WithPreprocess, add_common_arguments,
                               base_metadata, export_and_verify, fit_state_dict, import_factory,
                               factory_name, info, load_checkpoint, parse_floats, parse_shape,
-                              read_classes, resolve_sigma, run_cli, sha256_file, unwrap_checkpoint)
+                              program_name, read_classes, resolve_sigma, run_cli, sha256_file,
+                              unwrap_checkpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m exporters.factory",
+        prog=program_name("factory"),
         description="Export your own PyTorch classifier to a self-contained ONNX model that takes "
                     "[0,1] pixels, then check it against PyTorch.")
     parser.add_argument("--factory", required=True,
@@ -176,7 +177,7 @@ def export_image_model(args: argparse.Namespace, input_shape: tuple[int, ...]) -
     if args.fp16:
         raise ExportError(f"--fp16 is not supported for --kind {args.kind}")
     net = build_net(args)
-    name = args.name or args.factory
+    name = args.name or factory_name(args.factory)  # a file by its name, never its path
     meta = {"srtool.arch": name}
     if args.checkpoint:
         meta["srtool.source_sha256"] = sha256_file(args.checkpoint)

@@ -30,7 +30,7 @@ from exporters.archs import mars_arch
 from exporters.common import (ExportError, Job, Preprocess, WithPreprocess, add_common_arguments,
                               base_metadata, export_and_verify, fit_state_dict, info,
                               load_checkpoint, read_classes, resolve_sigma, run_cli,
-                              unwrap_checkpoint, warn)
+                              program_name, unwrap_checkpoint, warn)
 
 MARS_ARCH = "resnext-101"  # the 'arch' string MARS' training scripts store ('{model}-{depth}')
 
@@ -43,7 +43,7 @@ def frames_from_name(path: Path) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m exporters.mars",
+        prog=program_name("mars"),
         description="Export a MARS RGB 3-D ResNeXt-101 checkpoint to a self-contained ONNX model "
                     "that takes [0,1] float clips N×3×T×112×112, then check it against PyTorch.")
     parser.add_argument("checkpoint", type=Path, help="e.g. RGB_UCF101_16f.pth or MARS_UCF101_16f.pth")

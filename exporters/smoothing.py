@@ -29,7 +29,7 @@ from exporters.archs import SMOOTHING_ARCHS, Arch
 from exporters.common import (ExportError, Job, Preprocess, WithPreprocess, add_common_arguments,
                               base_metadata, export_and_verify, fit_state_dict, info,
                               load_checkpoint, read_classes, resolve_sigma, run_cli,
-                              unwrap_checkpoint, warn)
+                              program_name, unwrap_checkpoint, warn)
 
 NORMALIZE_HELP = {
     "normalize": "NormalizeLayer, (x - mean) / std",
@@ -100,7 +100,7 @@ def output_width(state_dict: dict, arch: Arch) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m exporters.smoothing",
+        prog=program_name("smoothing"),
         description="Export a Cohen/Salman randomized-smoothing checkpoint to a self-contained "
                     "ONNX model that takes [0,1] pixels, then check it against PyTorch.")
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pth.tar from the training code")

@@ -359,6 +359,18 @@ class Results:
         """Average certified radius: mean(correct · radius) over the labelled inputs."""
         return self._certify_metric("ACR", ())["acr"]
 
+    def compare(self, other: "Results", radii=None, seed: int = 0) -> dict:
+        """`other` against this run on the same inputs (same indices and labels): at each radius the
+        certified accuracy difference (other − this) with an exact McNemar p, and the ACR difference
+        with a seeded paired bootstrap 95% interval, as `srtool report --compare` prints them."""
+        from .compare import paired
+        from .report import default_radii
+        radii = default_radii(self.config) if radii is None else _radii(radii)
+        for run in (self, other):
+            core.check(run.config.get("command", "certify") == "certify",
+                       f"compare needs certify runs; {run.path or 'one'} is a predict run")
+        return paired(self.table, other.table, radii, seed=seed)
+
     def _certify_metric(self, what: str, radii) -> dict:
         """The summary, once it is sure to hold `what`: a predict run has no radii (refused), a run
         without labels has no accuracy (NaN, with a warning that says so)."""
@@ -384,9 +396,11 @@ def _radii(radii) -> tuple[float, ...]:
 def read_results(path: str | Path) -> Results:
     """A finished run, or the rows so far of one still running or interrupted (`partial`)."""
     from . import results
+    from .compare import is_cohen_log, read_cohen_log
     from .report import _partial
 
-    table, config = results.read_results(path)
+    # a Cohen et al./DDS certify log reads as a run too, beside srtool's own
+    table, config = read_cohen_log(path) if is_cohen_log(path) else results.read_results(path)
     return Results(table, config, path, partial=_partial(path))
 
 

@@ -402,8 +402,16 @@ def _radii(text: str | None):
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "cohen-tsv"]),
               default="table", show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Write certified accuracy vs radius to this image.")
-def report(runs, radii, fmt, plot):
-    """Summarize results files: accuracy, certified accuracy at radii, ACR, abstention."""
+@click.option("--ci", is_flag=True, help="Also each certified accuracy with its 95% Clopper–Pearson interval "
+              "over the test set.")
+@click.option("--compare", is_flag=True, help="Compare every run with the first on the same inputs: "
+              "difference at each radius with an exact McNemar p, ACR difference with a paired bootstrap 95% interval.")
+@click.option("--envelope", is_flag=True, help="The best run at each radius (the envelope over σ); "
+              "drawn on --plot too.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --compare's bootstrap.")
+def report(runs, radii, fmt, plot, ci, compare, envelope, seed):
+    """Summarize results files (or Cohen/DDS certify logs): accuracy, certified accuracy at radii,
+    ACR, abstention."""
     from . import report as rep
 
     radii = _radii(radii)
@@ -420,12 +428,29 @@ def report(runs, radii, fmt, plot):
         _print_summary(summaries, radii)
     if fmt in ("table", "markdown"):
         _print_notes(summaries, radii)
+    core.check(fmt in ("table", "markdown") or not (compare or envelope),
+               "--compare and --envelope print tables (--format table or markdown); from Python: Results.compare")
+    extra = []
+    if ci and fmt != "json":  # the JSON summaries carry the intervals already
+        extra.append(rep.interval_rows(summaries, radii))
+    if compare:
+        core.check(len(loaded) >= 2, "--compare needs two runs or more (each is compared with the first)")
+        extra.append(rep.comparison_rows(loaded, summaries, radii, seed=seed))
+    if envelope:
+        extra.append(rep.envelope_row(summaries, radii))
+    for header, rows in extra:
+        if fmt == "markdown":
+            click.echo("\n" + rep.markdown(header, rows))
+        else:
+            click.echo("")
+            _print_table(header, rows)
     for summary in summaries:
         if summary["errors"] and fmt == "table":
             click.echo(f"{summary['label']}: {summary['errors']} error rows (srtool show {summary['file']} --errors)",
                        err=True)
     if plot:
-        said = rep.plot([(table, config, s["label"]) for (table, config, _), s in zip(loaded, summaries)], plot)
+        said = rep.plot([(table, config, s["label"]) for (table, config, _), s in zip(loaded, summaries)], plot,
+                        with_envelope=envelope)
         for line in said:
             click.echo(f"plot: {line}", err=True)
         click.echo(f"plot: {plot}", err=True)
@@ -567,6 +592,46 @@ def bench(**o):
                 if run["copies_per_call"] is not None else "")
         click.echo(f"  projected per input of {Path(o['run_file']).name} ({run['copies_per_input']:,.0f} noisy copies "
                    f"per input{fill}): {run['projected_s_per_input']:.2f} s")
+
+
+# -- export: PyTorch → ONNX, delegating to the exporters package (shipped in the wheel) ------------
+
+EXPORTERS = {
+    "smoothing": "Cohen et al. / SmoothAdv checkpoints (CIFAR-10, ImageNet, ImageNet-32 ResNets).",
+    "mars": "MARS RGB-stream 3-D ResNeXt-101 video classifiers.",
+    "diffusion": "improved-/guided-diffusion ε-prediction UNets, for certify --diffusion.",
+    "factory": "Any PyTorch classifier, denoiser or diffusion UNet built by package.module:callable.",
+}
+
+
+@cli.group()
+def export():
+    """Export PyTorch checkpoints to ONNX models srtool runs (needs torch: pip install 'srtool[export]').
+
+    Each command takes the arguments of its exporter (srtool export NAME --help); with no -o the
+    model is written into the current directory."""
+
+
+def _add_exporter(name: str, summary: str) -> None:
+    @export.command(name=name, help=summary + f" Arguments: srtool export {name} --help.",
+                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                    add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args):
+        import importlib
+        import importlib.util
+
+        missing = [m for m in ("torch", "onnxscript") if importlib.util.find_spec(m) is None]
+        core.check(not missing, f"srtool export needs {' and '.join(missing)}: pip install 'srtool[export]'")
+        from exporters import common
+
+        module = importlib.import_module(f"exporters.{name}")
+        common.COMMAND = f"srtool export {name}"  # usage lines and errors name the command as typed
+        raise click.exceptions.Exit(common.run_cli(module.main, list(args)))
+
+
+for _name, _summary in EXPORTERS.items():
+    _add_exporter(_name, _summary)
 
 
 def _terminated(signum, frame) -> None:

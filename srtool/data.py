@@ -7,6 +7,10 @@
 - CIFAR-10 batches, python (`data_batch_1`, `test_batch`) or binary (`*.bin`) format;
 - MNIST / Fashion-MNIST IDX files, gzipped or not (the labels file beside it is found by name);
 - `.npz` with `x` (N×C×H×W or N×H×W×C or N×H×W; uint8 0–255 or float in [0,1]) and optional `y`;
+- dataset shards of encoded images, one shard, a glob of them or a folder of them (read in name
+  order, indices continuing from shard to shard): Parquet in the Hugging Face `datasets` layout (an
+  `image` struct column {bytes, path} and an integer `label`) and WebDataset tar shards (`key.jpg`
+  or another image type, with the label in `key.cls`); only the images in flight are decoded;
 - from Python, the same arrays in memory (`InMemoryImages`, what `srtool.certify(images=x, labels=y)`
   passes), checked as an `.npz` is and named in the results by their shape and SHA-256.
 
@@ -26,10 +30,12 @@ Hostile or careless inputs (DESIGN §10):
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import io
 import pickle
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +180,11 @@ def _read_image_file(path: str) -> Decoded:
     read from the file and applied here. TIFF files are turned by OpenCV's own TIFF decoder (any
     depth), so for them the orientation is only read, to be recorded.
     """
-    data = Path(path).read_bytes()
+    return decode_image(Path(path).read_bytes())
+
+
+def decode_image(data: bytes) -> Decoded:
+    """An encoded image (a file's bytes, or a shard's entry), as _read_image_file describes."""
     if not data:
         raise ValueError("an empty file (0 bytes)")
     # imdecode rather than imread: OpenCV 5's imread fails on TIFF files that carry an orientation.
@@ -565,6 +575,12 @@ def align_labels(dataset: Dataset, classes: list[str] | None) -> None:
 def open_images(path: str | Path | InMemoryImages, labels_csv: str | Path | None = None) -> Dataset:
     if isinstance(path, InMemoryImages):
         return _in_memory(path)
+    shards = find_shards(path)
+    if shards:
+        if labels_csv:
+            raise UsageError(f"--labels names the labels of a flat folder of images (or of one image); "
+                             f"the shards of {path} carry their own labels")
+        return open_shards(str(path), shards)
     path = Path(path)
     if not path.exists():
         raise UsageError(f"images not found: {path}")
@@ -589,10 +605,141 @@ def open_images(path: str | Path | InMemoryImages, labels_csv: str | Path | None
         dataset = _cifar_python(path)
     else:
         raise UsageError(f"{path}: unknown dataset format (expected a folder, an image, .npz, "
-                         "IDX, or CIFAR-10 python/binary batches)")
+                         "IDX, CIFAR-10 python/binary batches, or Parquet/tar shards)")
     if len(dataset) == 0:
         raise UsageError(f"{path}: no images found")
     return dataset
+
+
+# -- shards: Parquet (Hugging Face layout) and WebDataset tar -----------------------------------------
+
+SHARD_SUFFIXES = (".parquet", ".tar")
+
+
+def find_shards(path: str | Path) -> list[Path]:
+    """The shards `path` names, in name order: one shard file, a glob of them, or a folder holding
+    shards and no images or class folders; [] where `path` is something else."""
+    text = str(path)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        matches = sorted(Path(p) for p in glob.glob(text))
+        if not matches:
+            raise UsageError(f"images not found: no file matches {text}")
+        others = [p for p in matches if p.suffix.lower() not in SHARD_SUFFIXES or not p.is_file()]
+        if others:
+            raise UsageError(f"{text}: a glob of --images must match shards (.parquet, .tar) only, not {others[0]}")
+        return matches
+    path = Path(text)
+    if path.is_file():
+        return [path] if path.suffix.lower() in SHARD_SUFFIXES else []
+    if path.is_dir() and not class_folders(path):
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if files and any(p.suffix.lower() in SHARD_SUFFIXES for p in files) \
+                and not any(_is_image(p) for p in files):
+            return [p for p in files if p.suffix.lower() in SHARD_SUFFIXES]
+    return []
+
+
+class _ParquetShard:
+    """Labels read when opened; image bytes read by row group when an input is asked for (the last
+    row group kept, as inputs are asked for in order)."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.path = path
+        try:
+            self.file = pq.ParquetFile(path)
+            names = self.file.schema_arrow.names
+            if "image" not in names:
+                raise UsageError(f"{path}: a Parquet shard needs an `image` column of {{bytes, path}} "
+                                 f"(columns: {', '.join(names)})")
+            rows = self.file.metadata.num_rows
+            labels = (self.file.read(columns=["label"]).column("label").to_pylist() if "label" in names
+                      else [None] * rows)
+        except UsageError:
+            raise
+        except Exception as error:  # pyarrow's errors for damaged files vary
+            raise UsageError(f"{path}: not a readable Parquet shard ({_first_line(error)})") from None
+        self.labels = [-1 if label is None else _whole_label(label, path) for label in labels]
+        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
+        self.starts = np.cumsum([0] + sizes)
+        self.names = [f"{path.name}#{row}" for row in range(rows)]
+        self._lock = threading.Lock()
+        self._cached: tuple[int, list] | None = None
+
+    def read(self, row: int) -> Decoded:
+        group = int(np.searchsorted(self.starts, row, side="right") - 1)
+        with self._lock:
+            if self._cached is None or self._cached[0] != group:
+                self._cached = (group, self.file.read_row_group(group, columns=["image"]).column("image").to_pylist())
+            cell = self._cached[1][row - int(self.starts[group])]
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not data:
+            raise ValueError("the image cell holds no bytes")
+        return decode_image(data)
+
+
+class _TarShard:
+    """A WebDataset tar: samples grouped by key (the member name up to its first dot), in the tar's
+    order; labels from `key.cls` read when opened, image bytes read at their offset when asked for."""
+
+    def __init__(self, path: Path):
+        import tarfile
+
+        self.path = path
+        order, images, labels = [], {}, {}
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    folder, _, base = member.name.rpartition("/")
+                    stem, _, suffix = base.partition(".")
+                    key = f"{folder}/{stem}" if folder else stem
+                    if "." + suffix.lower() in IMAGE_SUFFIXES and key not in images:
+                        order.append(key)
+                        images[key] = (member.offset_data, member.size)
+                    elif suffix.lower() == "cls":
+                        labels[key] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise UsageError(f"{path}: not a readable tar shard ({_first_line(error)})") from None
+        self.names = [f"{path.name}:{key}" for key in order]
+        self._where = [images[key] for key in order]
+        self.labels = [self._label(labels.get(key), key) for key in order]
+
+    def _label(self, raw: bytes | None, key: str) -> int:
+        if raw is None:
+            return -1
+        try:
+            return int(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise UsageError(f"{self.path}: {key}.cls holds {raw[:20]!r}, not a whole-number label") from None
+
+    def read(self, row: int) -> Decoded:
+        offset, size = self._where[row]
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return decode_image(handle.read(size))
+
+
+def _whole_label(value, path: Path) -> int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    raise UsageError(f"{path}: the `label` column must hold whole numbers, not {shown(value)}")
+
+
+def open_shards(source: str, shards: list[Path]) -> Dataset:
+    """The shards as one dataset, indices continuing from one shard to the next."""
+    opened = [_ParquetShard(p) if p.suffix.lower() == ".parquet" else _TarShard(p) for p in shards]
+    where = [(shard, row) for shard in opened for row in range(len(shard.labels))]
+    labels = [label for shard in opened for label in shard.labels]
+    paths = [name for shard in opened for name in shard.names]
+
+    def read(index: int) -> Decoded:
+        shard, row = where[index]
+        return shard.read(row)
+
+    return Dataset(source, labels, read, paths)
 
 
 def stored_channels(dataset: Dataset, index: int) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import norm
 
+from .compare import certified_intervals, envelope, is_cohen_log, paired, read_cohen_log
 from .errors import UsageError
 from .results import read_results
 
@@ -134,6 +135,8 @@ def summarize(table: pa.Table, config: dict, radii=None, partial: bool = False) 
         summary["max_radius"] = max_radius(config, max(factors) if factors else None)
         summary["acr"] = mean(correct * radius)
         summary["certified"] = {f"{r:g}": mean(correct & (radius >= r)) for r in radii}
+        # the test set's sampling error: 95% Clopper–Pearson over the labelled inputs (srtool/compare.py)
+        summary["certified_interval"] = certified_intervals(table, radii)
         if count and not scored:  # no labels: what the radii are, not an accuracy
             all_radius = np.array([r or 0.0 for r in table.column("radius").to_pylist()])[valid]
             summary["mean_radius"] = float(np.mean(all_radius))
@@ -144,7 +147,7 @@ def _forward_per_input(table: pa.Table, config: dict, valid: np.ndarray) -> floa
     """Mean forward passes of the base models per evaluated input: noisy copies (n0 + n drawn) times
     views per copy (patches, or sub-videos × chunks) times ensemble members; with --consensus the
     members past the first K count only on the copies that ran them (the `escalated` column)."""
-    if not valid.any():
+    if not valid.any() or config.get("format") == "cohen-log":  # a published log does not say
         return float("nan")
     rows = [row for row, ok in zip(table.to_pylist(), valid) if ok]
     members = len(config.get("members") or [None])
@@ -204,8 +207,8 @@ def _partial(path) -> bool:
 
 def load(paths) -> list[tuple[pa.Table, dict, str]]:
     runs = []
-    for path in paths:
-        table, config = read_results(path)
+    for path in paths:  # srtool results, or a published certify log (Cohen et al., DDS)
+        table, config = read_cohen_log(path) if is_cohen_log(path) else read_results(path)
         runs.append((table, config, str(path)))
     if not runs:
         raise UsageError("give at least one results file")
@@ -243,7 +246,7 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
         notes += [f"+{s['errors']} err"] if s["errors"] else []
         notes += ["partial"] if s.get("partial") else []
         certified = s.get("certified") or {}
-        row = [s.get("label") or s["run"], f"{s['n']:,}",
+        row = [s.get("label") or s["run"], "-" if s["n"] is None else f"{s['n']:,}",
                f"{s['inputs']}" + (f" ({', '.join(notes)})" if notes else ""),
                _pct(s["accuracy"]), _pct(s["abstention"]),
                "-" if s.get("acr") is None or s["acr"] != s["acr"] else f"{s['acr']:.3f}",  # none, or no labels
@@ -255,6 +258,49 @@ def rows_for_display(summaries: list[dict], radii=None) -> tuple[list[str], list
                 else "-" for r in radii]
         rows.append(row)
     return header, rows
+
+
+def interval_rows(summaries: list[dict], radii=None) -> tuple[list[str], list[list[str]]]:
+    """Certified accuracy with its 95% Clopper–Pearson interval over the test set, per run."""
+    radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
+    header = ["run", "labelled"] + [f"@{r:g} [95% CI]" for r in radii]
+    rows = []
+    for s in summaries:
+        cells = []
+        for r in radii:
+            key = f"{r:g}"
+            if key not in (s.get("certified") or {}) or s["certified"][key] != s["certified"][key]:
+                cells.append("-")
+                continue
+            low, high = s["certified_interval"][key]
+            cells.append(f"{_pct(s['certified'][key])} [{100 * low:.1f}, {100 * high:.1f}]")
+        rows.append([s.get("label") or s["run"], str(s["labelled"])] + cells)
+    return header, rows
+
+
+def comparison_rows(loaded, summaries: list[dict], radii=None, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """Each run against the first, paired on the same inputs: certified accuracy difference at each
+    radius with the exact McNemar p, and the ACR difference with its seeded paired bootstrap 95% interval."""
+    radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
+    header = ["run − first", "pairs", "ΔACR [95% bootstrap]"] + [f"Δ@{r:g} (p)" for r in radii]
+    rows = []
+    base = loaded[0][0]
+    for (table, _, _), s in zip(loaded[1:], summaries[1:]):
+        c = paired(base, table, radii, seed=seed)
+        low, high = c["acr_interval"]
+        cells = [f"{100 * row['difference']:+.1f} ({row['p']:.3g})" for row in c["certified"]]
+        pairs = f"{c['pairs']}" + (f" ({c['left_out']} left out)" if c["left_out"] else "")
+        rows.append([s.get("label") or s["run"], pairs, f"{c['acr_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"]
+                    + cells)
+    return header, rows
+
+
+def envelope_row(summaries: list[dict], radii=None) -> tuple[list[str], list[list[str]]]:
+    """The best certified accuracy of any run at each radius, and which run gives it."""
+    radii = tuple(radii) if radii is not None else tuple(summaries[0]["radii"])
+    best = envelope(summaries, radii)
+    header = ["radius", "envelope", "run"]
+    return header, [[f"{r:g}", _pct(best[f"{r:g}"][0]), best[f"{r:g}"][1] or "-"] for r in radii]
 
 
 def cap_notes(summaries: list[dict], radii=None) -> list[str]:
@@ -369,7 +415,7 @@ def cohen_tsv(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def plot(runs, out: str | Path) -> list[str]:
+def plot(runs, out: str | Path, with_envelope: bool = False) -> list[str]:
     """Certified accuracy against radius, one curve per certify run (the paper's figures). A run
     without labels has no accuracy: its curve is the share of its inputs certified at each radius,
     drawn dotted and named so. Returns what the caller should say about the runs drawn that way or
@@ -410,6 +456,11 @@ def plot(runs, out: str | Path) -> list[str]:
         grid = np.linspace(0, max(radius.max(), 1e-6) * 1.05, 400)
         # Radii a writer marked as not certificates (benchmarks/quality.py) are drawn dashed.
         axes.plot(grid, [(hit & (radius >= r)).mean() for r in grid], label=label, linestyle=style)
+    accuracy_curves = [c for c in curves if c[3] != ":"]
+    if with_envelope and accuracy_curves:  # the best run at each radius, as papers draw one curve over σ
+        grid = np.linspace(0, max(max(c[0].max() for c in accuracy_curves), 1e-6) * 1.05, 400)
+        best = [max((hit & (radius >= r)).mean() for radius, hit, *_ in accuracy_curves) for r in grid]
+        axes.plot(grid, best, color="black", linewidth=2.5, alpha=0.5, label="envelope (best run)")
     axes.set_xlabel("radius (ℓ2, input pixel space [0,1])")
     axes.set_ylabel("certified accuracy" if all(style != ":" for *_, style in curves)
                     else "certified accuracy (dotted: share certified)")

@@ -1,4 +1,4 @@
-"""Videos: reading with decord, dataset layouts, the sub-video plan and the video sampling graph.
+"""Videos: reading with decord (or OpenCV where decord has no wheels), dataset layouts, the sub-video plan and the video sampling graph.
 
 A video classifier f takes one chunk of m frames (C×m×H×W). The base classifier of the paper runs f
 on the non-overlapping m-frame chunks of a sub-video of t frames and averages their logits;
@@ -101,6 +101,8 @@ def _decord_blocks(reader, frames: int):
 def _opencv_blocks(path: str):
     """The same frames through OpenCV's FFmpeg reader (BGR, converted to RGB), block by block."""
     capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise VideoError("unreadable: OpenCV cannot open it")
     try:
         block = []
         while True:
@@ -132,31 +134,30 @@ def _c_stderr_muted():
         os.close(saved)
 
 
+def _decord_module():
+    """decord where it is installed (it has wheels for x86-64 Linux and Windows only), else None."""
+    try:
+        import decord
+    except ImportError:
+        return None
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
+
+
 def read_video(path: str, size_hw: tuple[int, int] | None, channels: int = 3) -> np.ndarray:
     """All frames of a video as float32 C×T×H×W in [0,1] RGB, fitted to `size_hw` (None: as stored).
 
-    decord returns RGB uint8 (T, H, W, 3). Frames are decoded in blocks and fitted block by block, so
-    memory holds the fitted video plus one raw block. decord 0.6 cannot copy out frames of some
-    widths (8, 16, 24, 48, 72 px among others: "The size must exactly match"); those files are
-    decoded by OpenCV's FFmpeg reader instead, which gives the same pixels where both work.
-    Raises VideoError with a one-line reason.
+    Frames come from decord when it is installed, else from OpenCV's FFmpeg reader (the platforms
+    without decord wheels); both give RGB uint8 (T, H, W, 3) with the same pixels (a test). Frames are
+    decoded in blocks and fitted block by block, so memory holds the fitted video plus one raw block.
+    decord 0.6 cannot copy out frames of some widths (8, 16, 24, 48, 72 px among others: "The size
+    must exactly match"); those files go to OpenCV too. Raises VideoError with a one-line reason.
     """
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
     file = Path(path)
     if not file.is_file():
         raise VideoError("file not found")
     if file.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
-    try:
-        with _c_stderr_muted():
-            reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
-        frames = len(reader)
-    except Exception as error:  # decord raises DECORDError/RuntimeError with multi-line texts
-        raise VideoError(f"unreadable: decord cannot open it ({_decord_reason(error)})") from None
-    if frames == 0:
-        raise VideoError("no frames")
 
     def fitted(blocks):
         out = []
@@ -164,19 +165,33 @@ def read_video(path: str, size_hw: tuple[int, int] | None, channels: int = 3) ->
             out.append(fit_frames(block, size_hw) if size_hw is not None else block)
         return np.concatenate(out) if out else None
 
-    try:
-        video = fitted(_decord_blocks(reader, frames))
-    except Exception as error:
-        reason = _decord_reason(error)
-        if "size must exactly match" not in reason:
-            raise VideoError(f"unreadable: decoding failed ({reason})") from None
-        del reader
+    decord = _decord_module()
+    reason = None
+    if decord is not None:
         try:
-            video = fitted(_opencv_blocks(str(file)))
-        except Exception as second:
-            raise VideoError(f"unreadable: decoding failed ({reason}; OpenCV: {second})") from None
-        if video is None:
-            raise VideoError(f"unreadable: decoding failed ({reason})")
+            with _c_stderr_muted():
+                reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
+            frames = len(reader)
+        except Exception as error:  # decord raises DECORDError/RuntimeError with multi-line texts
+            raise VideoError(f"unreadable: decord cannot open it ({_decord_reason(error)})") from None
+        if frames == 0:
+            raise VideoError("no frames")
+        try:
+            return _to_unit_ctwh(fitted(_decord_blocks(reader, frames)), channels)
+        except Exception as error:
+            reason = _decord_reason(error)
+            if "size must exactly match" not in reason:
+                raise VideoError(f"unreadable: decoding failed ({reason})") from None
+        del reader
+    try:
+        video = fitted(_opencv_blocks(str(file)))
+    except VideoError:
+        raise
+    except Exception as error:
+        prefix = f"{reason}; " if reason else ""
+        raise VideoError(f"unreadable: decoding failed ({prefix}OpenCV: {error})") from None
+    if video is None:
+        raise VideoError(f"unreadable: decoding failed ({reason})" if reason else "no frames")
     return _to_unit_ctwh(video, channels)
 
 

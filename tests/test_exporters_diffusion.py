@@ -310,7 +310,48 @@ class Shrinks(nn.Module):
 class NoTime(nn.Module):
     def forward(self, x):
         return x
+
+class Blind(nn.Module):
+    """A toy fully convolutional blind denoiser."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+    def forward(self, x):
+        return x - 0.1 * self.conv(x)
+
+class Pinned(nn.Module):
+    """A blind denoiser that only works at its trained size (a linear layer over all pixels)."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+    def forward(self, x):
+        return self.fc(x.flatten(1)).view(x.shape)
 '''
+
+
+def test_fully_convolutional_denoiser_has_open_height_and_width(toys, tmp_path, capsys):
+    out = tmp_path / "blind.onnx"
+    code, _, err = run(factory, ["--kind", "denoiser", "--factory", f"{toys}:Blind", "--input-shape", "1,8,8",
+                                 "-o", out], capsys)
+    assert code == 0, err
+    proto = onnx.load(str(out))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == 1 and not any(d.HasField("dim_value") for d in dims[2:])
+    meta = {p.key: p.value for p in proto.metadata_props}
+    # no file path in srtool.arch, and no srtool.input_shape pinning the open sizes
+    assert meta["srtool.arch"] == "toys.py:Blind" and "srtool.input_shape" not in meta
+    x = np.random.default_rng(0).random((2, 1, 20, 12), dtype=np.float32)
+    assert ort_run(out, {"input": x}).shape == (2, 1, 20, 12)
+    from srtool.denoise import load_denoiser
+    assert load_denoiser(out, "denoiser").input_shape == (1, None, None)
+
+    pinned = tmp_path / "pinned.onnx"
+    code, _, err = run(factory, ["--kind", "denoiser", "--factory", f"{toys}:Pinned", "--input-shape", "1,8,8",
+                                 "-o", pinned], capsys)
+    assert code == 0, err
+    proto = onnx.load(str(pinned))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 8, 8]
+    assert {p.key: p.value for p in proto.metadata_props}["srtool.input_shape"] == "1,8,8"
 
 
 @pytest.fixture
