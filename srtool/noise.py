@@ -206,9 +206,10 @@ class DiscreteTable:
         self.ambiguous_share = float(np.mean(first != last))  # of the prefixes, each of mass 2^-16
         # clip(x_int + j, -T, 255 + T) / 255 in float32 for every x_int + bin = x_int + j + J: the sum is
         # formed in integers and divided once, here.
-        sums = np.arange(GRID + 2 * self.half_width + 1) - self.half_width
-        self.noisy_values = np.divide(np.clip(sums, -self.tail, GRID + self.tail), np.float32(GRID),
-                                      dtype=np.float32)
+        sums = np.clip(np.arange(GRID + 2 * self.half_width + 1) - self.half_width, -self.tail, GRID + self.tail)
+        self.noisy_values = np.divide(sums, np.float32(GRID), dtype=np.float32)
+        # the same sums as int16 grid steps (fill_integers), where they fit: 255 + T ≤ 32,767, σ ≤ 21
+        self.noisy_integers = sums.astype(np.int16) if GRID + self.tail <= np.iinfo(np.int16).max else None
 
     def probabilities(self) -> np.ndarray:
         """The probability of each j = -J..J, as float64 (exactly w_j / 2^64, rounded)."""
@@ -275,9 +276,26 @@ class DiscreteGaussian:
         self._clean, self._x_int = None, None
 
     def fill(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
+        """Write copies first_copy, first_copy+1, … of clip(x_int + j, -T, 255 + T) / 255 (float32)."""
+        table = discrete_table(sigma)
+        return self._draw(out, clean, table, table.noisy_values, first_copy)
+
+    def fill_integers(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
+        """The same copies as `fill` (the same draws, the same j) as int16 grid steps clip(x_int + j,
+        -T, 255 + T), half the bytes of float32: `fill` is exactly these divided by 255 in float32.
+        For a device that adds the noise itself (docs/gpu.md)."""
+        if out.dtype != np.int16:
+            raise ValueError("fill_integers writes int16 grid steps")
+        table = discrete_table(sigma)
+        if table.noisy_integers is None:
+            raise ValueError(f"σ = {sigma} clips past int16 (fill_integers takes σ up to 21)")
+        return self._draw(out, clean, table, table.noisy_integers, first_copy)
+
+    def _draw(self, out: np.ndarray, clean: np.ndarray, table: DiscreteTable, noisy_values: np.ndarray,
+              first_copy: int) -> np.ndarray:
+        """fill's one pipeline: j drawn, x_int + j + J looked up in `noisy_values` (floats or integers)."""
         if not out.flags.c_contiguous:
             raise ValueError("noise goes into a C-contiguous batch buffer")
-        table = discrete_table(sigma)
         x_int = self._integers(clean, table)
         copies = out.reshape(len(out), -1)
         values = copies.shape[1]
@@ -295,7 +313,7 @@ class DiscreteGaussian:
             if ambiguous.size:
                 self._refine(table, bins, prefixes, ambiguous, low_bits, first_copy + start, budget)
             bins += x_int
-            np.take(table.noisy_values, bins, out=rows, mode="clip")
+            np.take(noisy_values, bins, out=rows, mode="clip")
         return out
 
     def _integers(self, clean: np.ndarray, table: DiscreteTable) -> np.ndarray:
