@@ -228,7 +228,7 @@ class DiscreteTable:
 
 
 PREFIX_BITS = 16  # of U, looked up in a table; part of the noise's definition, as SEGMENT is
-BLOCK_VALUES = 1 << 16  # values per vectorized step (whole copies where they fit): speed only
+BLOCK_VALUES = 1 << 16  # values per vectorized step (whole copies where they fit, else pieces): speed only
 
 
 _tables: dict[float, DiscreteTable] = {}
@@ -305,15 +305,20 @@ class DiscreteGaussian:
         per_block = max(1, BLOCK_VALUES // values)
         for start in range(0, len(copies), per_block):
             rows = copies[start:start + per_block]
-            lanes = primary.random_raw(len(rows) * draws).astype("<u8", copy=False).view("<u2")
-            prefixes = lanes.reshape(len(rows), 4 * draws)[:, :values]
-            bins = np.take(table.prefix_bins, prefixes, mode="clip")  # every index is in range: no check
-            ambiguous = np.flatnonzero(bins < 0)
             low_bits = refinement.random_raw(len(rows) * budget).reshape(len(rows), budget)
-            if ambiguous.size:
-                self._refine(table, bins, prefixes, ambiguous, low_bits, first_copy + start, budget)
-            bins += x_int
-            np.take(noisy_values, bins, out=rows, mode="clip")
+            met = np.zeros(len(rows), np.intp)  # ambiguous values met so far in each copy
+            # a copy larger than a block goes in pieces of BLOCK_VALUES (a multiple of 4: each piece
+            # starts on a draw), so the work arrays stay in the caches: speed only, the same values
+            for begin in range(0, values, BLOCK_VALUES):
+                length = min(BLOCK_VALUES, values - begin)
+                lanes = primary.random_raw(len(rows) * -(-length // 4)).astype("<u8", copy=False).view("<u2")
+                prefixes = lanes.reshape(len(rows), -1)[:, :length]
+                bins = np.take(table.prefix_bins, prefixes, mode="clip")  # every index is in range: no check
+                ambiguous = np.flatnonzero(bins < 0)
+                if ambiguous.size:
+                    self._refine(table, bins, prefixes, ambiguous, low_bits, met, first_copy + start, budget)
+                bins += x_int[begin:begin + length]
+                np.take(noisy_values, bins, out=rows[:, begin:begin + length], mode="clip")
         return out
 
     def _integers(self, clean: np.ndarray, table: DiscreteTable) -> np.ndarray:
@@ -327,19 +332,22 @@ class DiscreteGaussian:
             self._clean, self._x_int = clean, x_int.reshape(-1)
         return self._x_int.astype(table.dtype, copy=False)
 
-    def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, first_copy: int,
+    def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, met, first_copy: int,
                 budget: int) -> None:
-        """Resolve the ambiguous values (flat indices into `bins`, copy-major) in place."""
+        """Resolve the ambiguous values (flat indices into `bins`, copy-major) in place; `met` counts
+        each copy's ambiguous values in its earlier pieces, and is updated."""
         values = bins.shape[1]
         row = ambiguous // values
         per_row = np.bincount(row, minlength=len(bins))
-        rank = np.arange(ambiguous.size) - (np.cumsum(per_row) - per_row)[row]  # k: its place in its copy
+        rank = np.arange(ambiguous.size) - (np.cumsum(per_row) - per_row)[row] + met[row]  # k: its place in its copy
+        met += per_row
         within = rank < budget
         drawn = np.empty(ambiguous.size, np.uint64)
         drawn[within] = low_bits[row[within], rank[within]]
-        for copy in np.unique(row[~within]):  # past the budget: that copy's own stream
+        for copy in np.unique(row[~within]):  # past the budget: draw k - B of that copy's own stream
             mine = np.flatnonzero((row == copy) & ~within)
             overflow = np.random.PCG64DXSM(_refinement_sequence(*self._key, first_copy + int(copy)))
+            overflow.advance(int(rank[mine[0]]) - budget)
             drawn[mine] = overflow.random_raw(mine.size)
         drawn >>= np.uint64(PREFIX_BITS)  # the top 48 bits
         bins.reshape(-1)[ambiguous] = table.refine(prefixes.reshape(-1)[ambiguous], drawn)

@@ -173,21 +173,29 @@ def reference_copy(clean_int: np.ndarray, sigma: float, copy: int, seed: int = 0
     primary.advance(copy * -(-d // 4))
     budget = table.refinement_budget(d)
     refinement.advance(copy * budget)
-    prefix_draws, low_draws = primary.random_raw(-(-d // 4)).tolist(), refinement.random_raw(budget).tolist()
+    prefix_draws = primary.random_raw(-(-d // 4)).tolist()
+    # the budget's draws, then the copy's own stream from its start
+    low_draws = refinement.random_raw(budget).tolist() + stream(index, noise.ESTIMATION, 2, copy).random_raw(d).tolist()
     steps, ambiguous = [], 0
     for i, x in enumerate(clean_int.ravel().tolist()):
         prefix = (prefix_draws[i // 4] >> (16 * (i % 4))) & 0xFFFF
         u = prefix * width
         if bisect.bisect_right(cumulative, u) != bisect.bisect_right(cumulative, u + width - 1):
-            u += low_draws[ambiguous] >> 16  # (within the budget: the test's copies stay in it)
+            u += low_draws[ambiguous] >> 16
             ambiguous += 1
         j = bisect.bisect_right(cumulative, u) - table.half_width
         steps.append(min(max(x + j, -table.tail), 255 + table.tail))
-    assert ambiguous <= budget
     return np.array(steps).reshape(clean_int.shape)
 
 
-def test_copies_follow_the_definition_value_by_value():
+@pytest.mark.parametrize("budget, block", [(None, noise.BLOCK_VALUES), (3, 64)])
+def test_copies_follow_the_definition_value_by_value(budget, block, monkeypatch):
+    """At the real budget (about 8 ambiguous values of 23 reserved per copy), and with a budget of 3
+    and copies cut into pieces of 64 values (so the ranks carry from piece to piece and the copies'
+    own streams take over mid-copy)."""
+    if budget is not None:
+        monkeypatch.setattr(noise.DiscreteTable, "refinement_budget", lambda self, values: budget)
+    monkeypatch.setattr(noise, "BLOCK_VALUES", block)
     clean_int = np.random.default_rng(5).integers(0, 256, (3, 10, 10))
     clean = (clean_int / np.float32(255)).astype(np.float32)
     out = draw(4, clean, sigma=1.0, first=3)
