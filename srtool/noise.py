@@ -330,7 +330,9 @@ class DiscreteGaussian:
             if x_int is None:
                 raise ValueError("--noise discrete needs inputs on the 1/255 grid")
             self._clean, self._x_int = clean, x_int.reshape(-1)
-        return self._x_int.astype(table.dtype, copy=False)
+        if self._x_int.dtype != table.dtype:  # converted once, not per call
+            self._x_int = self._x_int.astype(table.dtype)
+        return self._x_int
 
     def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, met, first_copy: int,
                 budget: int) -> None:
@@ -342,13 +344,16 @@ class DiscreteGaussian:
         rank = np.arange(ambiguous.size) - (np.cumsum(per_row) - per_row)[row] + met[row]  # k: its place in its copy
         met += per_row
         within = rank < budget
-        drawn = np.empty(ambiguous.size, np.uint64)
-        drawn[within] = low_bits[row[within], rank[within]]
-        for copy in np.unique(row[~within]):  # past the budget: draw k - B of that copy's own stream
-            mine = np.flatnonzero((row == copy) & ~within)
-            overflow = np.random.PCG64DXSM(_refinement_sequence(*self._key, first_copy + int(copy)))
-            overflow.advance(int(rank[mine[0]]) - budget)
-            drawn[mine] = overflow.random_raw(mine.size)
+        if within.all():  # the usual case: every copy within its budget
+            drawn = low_bits[row, rank]
+        else:
+            drawn = np.empty(ambiguous.size, np.uint64)
+            drawn[within] = low_bits[row[within], rank[within]]
+            for copy in np.unique(row[~within]):  # past the budget: draw k - B of that copy's own stream
+                mine = np.flatnonzero((row == copy) & ~within)
+                overflow = np.random.PCG64DXSM(_refinement_sequence(*self._key, first_copy + int(copy)))
+                overflow.advance(int(rank[mine[0]]) - budget)
+                drawn[mine] = overflow.random_raw(mine.size)
         drawn >>= np.uint64(PREFIX_BITS)  # the top 48 bits
         bins.reshape(-1)[ambiguous] = table.refine(prefixes.reshape(-1)[ambiguous], drawn)
 
