@@ -38,10 +38,12 @@ function of (seed, input index, purpose, j), whatever batch or sampling loop dra
 draw their batches in parallel. The values can differ in the last float32 bits between machines
 whose numpy uses other SIMD code for log1p, cos or sin.
 
-DiscreteGaussian reads the same per-input streams, one 64-bit draw per value, and draws the grid
-step j of each pixel from an integer alias table whose weights are the exact probabilities to
-2^-64 (DiscreteTable); the noisy value is (x_int + j, clipped) / 255, formed in integers and
-divided once, so certificates hold in floating point (docs/soundness.md).
+DiscreteGaussian reads the same per-input streams, 16 bits per value, and draws the grid step j of
+each pixel by inverting the integer CDF whose steps are the exact probabilities to 2^-64
+(DiscreteTable): a table over the 16-bit prefix decides almost every value, the few ambiguous
+prefixes draw 48 more bits from a second stream; the noisy value is (x_int + j, clipped) / 255,
+formed in integers and divided once (or kept as int16 grid steps for a device), so certificates
+hold in floating point (docs/soundness.md).
 
 ORT's CPU RandomNormal must never be used for certification: its engine has period 2^31.
 """
@@ -266,7 +268,8 @@ class DiscreteGaussian:
     48 bits of draw c·B + k, B = refinement_budget(d); past B (rarely), draw k − B of a stream of that
     copy alone. So copy c's noise is a fixed function of (seed, input, purpose, c), whatever batch
     draws it. The noisy value is clip(x_int + j, -T, 255 + T) / 255, the sum formed in integers and
-    divided once in float32, so the model's input is a function of the integer sum alone.
+    divided once in float32, so the model's input is a function of the integer sum alone
+    (`fill_integers`: the same sums as int16, for a device that divides them itself).
     """
 
     def __init__(self, seed: int, index: int, purpose: int):
