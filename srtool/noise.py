@@ -41,11 +41,11 @@ draw their batches in parallel. The values can differ in the last float32 bits b
 whose numpy uses other SIMD code for log1p, cos or sin.
 
 DiscreteGaussian reads the same per-input streams, 16 bits per value, and draws the grid step j of
-each pixel by inverting the exact integer CDF (weights the exact probabilities to 2^-64,
-DiscreteTable): a 65,536-entry table decides j from those 16 bits except for the few prefixes a
-threshold splits, which read 48 more bits from a second stream. The noisy value is (x_int + j,
-clipped) / 255, formed in integers and divided once, so certificates hold in floating point
-(docs/soundness.md).
+each pixel by inverting the integer CDF whose steps are the exact probabilities to 2^-64
+(DiscreteTable): a table over the 16-bit prefix decides almost every value, the few ambiguous
+prefixes draw 48 more bits from a second stream; the noisy value is (x_int + j, clipped) / 255,
+formed in integers and divided once (or kept as int16 grid steps for a device), so certificates
+hold in floating point (docs/soundness.md).
 
 ORT's CPU RandomNormal must never be used for certification: its engine has period 2^31.
 """
@@ -210,9 +210,10 @@ class DiscreteTable:
         self.ambiguous_share = float(np.mean(first != last))  # of the prefixes, each of mass 2^-16
         # clip(x_int + j, -T, 255 + T) / 255 in float32 for every x_int + bin = x_int + j + J: the sum is
         # formed in integers and divided once, here.
-        sums = np.arange(GRID + 2 * self.half_width + 1) - self.half_width
-        self.noisy_values = np.divide(np.clip(sums, -self.tail, GRID + self.tail), np.float32(GRID),
-                                      dtype=np.float32)
+        sums = np.clip(np.arange(GRID + 2 * self.half_width + 1) - self.half_width, -self.tail, GRID + self.tail)
+        self.noisy_values = np.divide(sums, np.float32(GRID), dtype=np.float32)
+        # the same sums as int16 grid steps (fill_integers), where they fit: 255 + T ≤ 32,767, σ ≤ 21
+        self.noisy_integers = sums.astype(np.int16) if GRID + self.tail <= np.iinfo(np.int16).max else None
 
     def probabilities(self) -> np.ndarray:
         """The probability of each j = -J..J, as float64 (exactly w_j / 2^64, rounded)."""
@@ -231,7 +232,7 @@ class DiscreteTable:
 
 
 PREFIX_BITS = 16  # of U, looked up in a table; part of the noise's definition, as SEGMENT is
-BLOCK_VALUES = 1 << 16  # values per vectorized step (whole copies where they fit): speed only
+BLOCK_VALUES = 1 << 16  # values per vectorized step (whole copies where they fit, else pieces): speed only
 
 
 _tables: dict[float, DiscreteTable] = {}
@@ -269,7 +270,8 @@ class DiscreteGaussian:
     48 bits of draw c·B + k, B = refinement_budget(d); past B (rarely), draw k − B of a stream of that
     copy alone. So copy c's noise is a fixed function of (seed, input, purpose, c), whatever batch
     draws it. The noisy value is clip(x_int + j, -T, 255 + T) / 255, the sum formed in integers and
-    divided once in float32, so the model's input is a function of the integer sum alone.
+    divided once in float32, so the model's input is a function of the integer sum alone
+    (`fill_integers`: the same sums as int16, for a device that divides them itself).
     """
 
     def __init__(self, seed: int, index: int, purpose: int):
@@ -279,9 +281,26 @@ class DiscreteGaussian:
         self._clean, self._x_int = None, None
 
     def fill(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
+        """Write copies first_copy, first_copy+1, … of clip(x_int + j, -T, 255 + T) / 255 (float32)."""
+        table = discrete_table(sigma)
+        return self._draw(out, clean, table, table.noisy_values, first_copy)
+
+    def fill_integers(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
+        """The same copies as `fill` (the same draws, the same j) as int16 grid steps clip(x_int + j,
+        -T, 255 + T), half the bytes of float32: `fill` is exactly these divided by 255 in float32.
+        For a device that adds the noise itself (docs/gpu.md)."""
+        if out.dtype != np.int16:
+            raise ValueError("fill_integers writes int16 grid steps")
+        table = discrete_table(sigma)
+        if table.noisy_integers is None:
+            raise ValueError(f"σ = {sigma} clips past int16 (fill_integers takes σ up to 21)")
+        return self._draw(out, clean, table, table.noisy_integers, first_copy)
+
+    def _draw(self, out: np.ndarray, clean: np.ndarray, table: DiscreteTable, noisy_values: np.ndarray,
+              first_copy: int) -> np.ndarray:
+        """fill's one pipeline: j drawn, x_int + j + J looked up in `noisy_values` (floats or integers)."""
         if not out.flags.c_contiguous:
             raise ValueError("noise goes into a C-contiguous batch buffer")
-        table = discrete_table(sigma)
         x_int = self._integers(clean, table)
         copies = out.reshape(len(out), -1)
         values = copies.shape[1]
@@ -291,15 +310,20 @@ class DiscreteGaussian:
         per_block = max(1, BLOCK_VALUES // values)
         for start in range(0, len(copies), per_block):
             rows = copies[start:start + per_block]
-            lanes = primary.random_raw(len(rows) * draws).astype("<u8", copy=False).view("<u2")
-            prefixes = lanes.reshape(len(rows), 4 * draws)[:, :values]
-            bins = np.take(table.prefix_bins, prefixes, mode="clip")  # every index is in range: no check
-            ambiguous = np.flatnonzero(bins < 0)
             low_bits = refinement.random_raw(len(rows) * budget).reshape(len(rows), budget)
-            if ambiguous.size:
-                self._refine(table, bins, prefixes, ambiguous, low_bits, first_copy + start, budget)
-            bins += x_int
-            np.take(table.noisy_values, bins, out=rows, mode="clip")
+            met = np.zeros(len(rows), np.intp)  # ambiguous values met so far in each copy
+            # a copy larger than a block goes in pieces of BLOCK_VALUES (a multiple of 4: each piece
+            # starts on a draw), so the work arrays stay in the caches: speed only, the same values
+            for begin in range(0, values, BLOCK_VALUES):
+                length = min(BLOCK_VALUES, values - begin)
+                lanes = primary.random_raw(len(rows) * -(-length // 4)).astype("<u8", copy=False).view("<u2")
+                prefixes = lanes.reshape(len(rows), -1)[:, :length]
+                bins = np.take(table.prefix_bins, prefixes, mode="clip")  # every index is in range: no check
+                ambiguous = np.flatnonzero(bins < 0)
+                if ambiguous.size:
+                    self._refine(table, bins, prefixes, ambiguous, low_bits, met, first_copy + start, budget)
+                bins += x_int[begin:begin + length]
+                np.take(noisy_values, bins, out=rows[:, begin:begin + length], mode="clip")
         return out
 
     def _integers(self, clean: np.ndarray, table: DiscreteTable) -> np.ndarray:
@@ -311,22 +335,30 @@ class DiscreteGaussian:
             if x_int is None:
                 raise ValueError("--noise discrete needs inputs on the 1/255 grid")
             self._clean, self._x_int = clean, x_int.reshape(-1)
-        return self._x_int.astype(table.dtype, copy=False)
+        if self._x_int.dtype != table.dtype:  # converted once, not per call
+            self._x_int = self._x_int.astype(table.dtype)
+        return self._x_int
 
-    def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, first_copy: int,
+    def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, met, first_copy: int,
                 budget: int) -> None:
-        """Resolve the ambiguous values (flat indices into `bins`, copy-major) in place."""
+        """Resolve the ambiguous values (flat indices into `bins`, copy-major) in place; `met` counts
+        each copy's ambiguous values in its earlier pieces, and is updated."""
         values = bins.shape[1]
         row = ambiguous // values
         per_row = np.bincount(row, minlength=len(bins))
-        rank = np.arange(ambiguous.size) - (np.cumsum(per_row) - per_row)[row]  # k: its place in its copy
+        rank = np.arange(ambiguous.size) - (np.cumsum(per_row) - per_row)[row] + met[row]  # k: its place in its copy
+        met += per_row
         within = rank < budget
-        drawn = np.empty(ambiguous.size, np.uint64)
-        drawn[within] = low_bits[row[within], rank[within]]
-        for copy in np.unique(row[~within]):  # past the budget: that copy's own stream
-            mine = np.flatnonzero((row == copy) & ~within)
-            overflow = np.random.PCG64DXSM(_refinement_sequence(*self._key, first_copy + int(copy)))
-            drawn[mine] = overflow.random_raw(mine.size)
+        if within.all():  # the usual case: every copy within its budget
+            drawn = low_bits[row, rank]
+        else:
+            drawn = np.empty(ambiguous.size, np.uint64)
+            drawn[within] = low_bits[row[within], rank[within]]
+            for copy in np.unique(row[~within]):  # past the budget: draw k - B of that copy's own stream
+                mine = np.flatnonzero((row == copy) & ~within)
+                overflow = np.random.PCG64DXSM(_refinement_sequence(*self._key, first_copy + int(copy)))
+                overflow.advance(int(rank[mine[0]]) - budget)
+                drawn[mine] = overflow.random_raw(mine.size)
         drawn >>= np.uint64(PREFIX_BITS)  # the top 48 bits
         bins.reshape(-1)[ambiguous] = table.refine(prefixes.reshape(-1)[ambiguous], drawn)
 

@@ -10,6 +10,8 @@ does not.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import mpmath
 import numpy as np
 import onnx
@@ -152,6 +154,81 @@ def test_off_grid_points_are_refused():
         assert noise.grid_integers(spelling.astype(np.float32)).tolist() == list(range(256))
     with pytest.raises(ValueError, match="1/255 grid"):
         draw(2, np.array([[[0.5]]], np.float32))
+
+
+def reference_copy(clean_int: np.ndarray, sigma: float, copy: int, seed: int = 0, index: int = 0) -> np.ndarray:
+    """Copy `copy` of the estimation noise, value by value in Python integers from DiscreteGaussian's
+    stated definition: 16-bit lanes of the input's stream, the inverse of the integer CDF built from
+    the weights (not the sampler's tables), and the ambiguous values' 48 low bits from the refinement
+    stream at copy·B + k."""
+    table = noise.discrete_table(sigma)
+    d = clean_int.size
+    cumulative = list(itertools.accumulate(table.weights))[:-1]  # C_1..C_2J, 2^64 where no U reaches
+    width = 1 << 48
+
+    def stream(*key):
+        return np.random.PCG64DXSM(np.random.SeedSequence(seed, spawn_key=key))
+
+    primary, refinement = stream(index, noise.ESTIMATION), stream(index, noise.ESTIMATION, 1)
+    primary.advance(copy * -(-d // 4))
+    budget = table.refinement_budget(d)
+    refinement.advance(copy * budget)
+    prefix_draws = primary.random_raw(-(-d // 4)).tolist()
+    # the budget's draws, then the copy's own stream from its start
+    low_draws = refinement.random_raw(budget).tolist() + stream(index, noise.ESTIMATION, 2, copy).random_raw(d).tolist()
+    steps, ambiguous = [], 0
+    for i, x in enumerate(clean_int.ravel().tolist()):
+        prefix = (prefix_draws[i // 4] >> (16 * (i % 4))) & 0xFFFF
+        u = prefix * width
+        if bisect.bisect_right(cumulative, u) != bisect.bisect_right(cumulative, u + width - 1):
+            u += low_draws[ambiguous] >> 16
+            ambiguous += 1
+        j = bisect.bisect_right(cumulative, u) - table.half_width
+        steps.append(min(max(x + j, -table.tail), 255 + table.tail))
+    return np.array(steps).reshape(clean_int.shape)
+
+
+@pytest.mark.parametrize("budget, block", [(None, noise.BLOCK_VALUES), (3, 64)])
+def test_copies_follow_the_definition_value_by_value(budget, block, monkeypatch):
+    """At the real budget (about 8 ambiguous values of 23 reserved per copy), and with a budget of 3
+    and copies cut into pieces of 64 values (so the ranks carry from piece to piece and the copies'
+    own streams take over mid-copy)."""
+    if budget is not None:
+        monkeypatch.setattr(noise.DiscreteTable, "refinement_budget", lambda self, values: budget)
+    monkeypatch.setattr(noise, "BLOCK_VALUES", block)
+    clean_int = np.random.default_rng(5).integers(0, 256, (3, 10, 10))
+    clean = (clean_int / np.float32(255)).astype(np.float32)
+    out = draw(4, clean, sigma=1.0, first=3)
+    integers = np.stack([reference_copy(clean_int, 1.0, copy) for copy in range(3, 7)])
+    assert np.array_equal(out, np.divide(integers, np.float32(255), dtype=np.float32))
+
+
+def draw_integers(copies: int, clean: np.ndarray, sigma: float, first: int = 0, seed: int = 0) -> np.ndarray:
+    out = np.empty((copies, *clean.shape), np.int16)
+    return noise.sampler("discrete", seed, 0, noise.ESTIMATION).fill_integers(out, clean, sigma, first)
+
+
+@pytest.mark.parametrize("budget", [None, 0])
+@pytest.mark.parametrize("sigma", [0.25, 1.0])
+def test_integer_copies_are_the_float_copies_in_grid_steps(sigma, budget, monkeypatch):
+    """fill_integers reads the same draws as fill: the same copies, as int16 steps; with a budget of
+    0 too (every ambiguous value from its copy's own stream), and in any batch."""
+    if budget is not None:
+        monkeypatch.setattr(noise.DiscreteTable, "refinement_budget", lambda self, values: budget)
+    clean_int = np.random.default_rng(6).integers(0, 256, (3, 17, 9))
+    clean_int[0, 0, :2] = 0, 255  # the clip bounds' own pixels
+    clean = (clean_int / np.float32(255)).astype(np.float32)
+    floats, integers = draw(9, clean, sigma, seed=2), draw_integers(9, clean, sigma, seed=2)
+    assert integers.dtype == np.int16
+    assert np.array_equal(np.divide(integers, np.float32(255), dtype=np.float32), floats)
+    pieces = [draw_integers(4, clean, sigma, 0, 2), draw_integers(5, clean, sigma, 4, 2)]
+    assert np.array_equal(np.concatenate(pieces), integers)
+
+
+def test_integer_copies_refuse_other_types():
+    clean = np.zeros((1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="int16"):
+        noise.sampler("discrete", 0, 0, noise.ESTIMATION).fill_integers(np.empty((2, 1, 2, 2), np.int32), clean, 0.25)
 
 
 # -- the phenomenon (Voráček & Hein 2023) on a crafted model ------------------------------------------
