@@ -96,7 +96,7 @@ class BareModel:
                 for _ in range(calls):
                     session.run_with_iobinding(binding)
 
-            def step(bindings=bindings, runs=runs) -> None:
+            def step(bindings=bindings, runs=runs, feeds=feeds) -> None:  # the bound arrays live as the step does
                 for done in [self.pool.submit(runs, binding) for binding in bindings]:
                     done.result()
 
