@@ -21,7 +21,7 @@ SIDE = 28
 FEATURES = SIDE * SIDE
 
 
-def _classifier(path, body: list, first: str = "x", inits=(), opset: int = 17) -> str:
+def _classifier(path, body: list, first: str = "x", inits=(), opset: int = 17, functions=()) -> str:
     """A 10-class linear classifier of 1×28×28 images behind `body`, nodes that turn x into `x_in`."""
     rng = np.random.default_rng(0)
     prototypes = rng.random((10, FEATURES)).astype(np.float32)
@@ -31,7 +31,8 @@ def _classifier(path, body: list, first: str = "x", inits=(), opset: int = 17) -
     inits = [helper.make_tensor("W", TensorProto.FLOAT, [FEATURES, 10], weights.ravel()), *inits]
     graph = helper.make_graph(nodes, "c", [image_info(first, (1, SIDE, SIDE))],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(f.domain, 1) for f in functions]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8, functions=list(functions))
     model.metadata_props.add(key="srtool.sigma", value="0.25")
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -75,6 +76,12 @@ CLASSIFIERS = {
                               inits=INDEX_INITS(1)),
         lambda p: _classifier(p, [*batch_index_plus(0), helper.make_node("Gather", ["x", "idx"], ["x_in"], axis=0)],
                               inits=INDEX_INITS(0)),
+        "different outputs in different batches"),
+    "batch mean": (
+        lambda p: _classifier(p, [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+                                  helper.make_node("Add", ["x", "mean"], ["x_in"])]),
+        lambda p: _classifier(p, [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=1),
+                                  helper.make_node("Add", ["x", "mean"], ["x_in"])]),
         "different outputs in different batches"),
     "random normal": (
         lambda p: _classifier(p, [helper.make_node("RandomNormalLike", ["x"], ["z"], scale=0.01),
@@ -249,3 +256,30 @@ def test_a_coupled_model_varies_far_above_it(tmp_path):
         per_copy.check_classifier(model, (1, SIDE, SIDE))
     deviation = float(str(refused.value).split("(by ")[1].split()[0])
     assert deviation >= 100 * per_copy.PROBE_TOLERANCE
+
+
+def test_a_random_op_in_a_local_function_is_refused(tmp_path):
+    """A random op hidden in a model-local function is found too."""
+    noisy = onnx.helper.make_function("custom", "Jitter", ["v"], ["w"],
+                                      [helper.make_node("RandomUniformLike", ["v"], ["u"]),
+                                       helper.make_node("Add", ["v", "u"], ["w"])],
+                                      [helper.make_opsetid("", 17)])
+    path = _classifier(tmp_path / "f.onnx", [helper.make_node("Jitter", ["x"], ["x_in"], domain="custom")],
+                       functions=[noisy])
+    with pytest.raises(Exception, match="RandomUniformLike"):
+        per_copy.check_classifier(load_model(path), (1, SIDE, SIDE))
+
+
+def test_a_large_model_gets_three_calls_of_four_copies(tmp_path, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(per_copy, "LARGE_MODEL_BYTES", 0)
+    monkeypatch.setattr(per_copy, "_checked", {})  # probed afresh, not remembered from another test
+    batches = []
+    run = onnxruntime.InferenceSession.run
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run",
+                        lambda self, names, feeds, *a: batches.append(len(next(iter(feeds.values())))) or
+                        run(self, names, feeds, *a))
+    model = load_model(CLASSIFIERS["batch statistics"][1](tmp_path / "ok.onnx"))
+    per_copy.check_classifier(model, (1, SIDE, SIDE))
+    assert batches == [2, 1, 1]
