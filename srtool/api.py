@@ -12,14 +12,18 @@ as the command line uses those of dataset index i. `certify` / `predict` at modu
 whole dataset through core.Run with the command line's resumable writer and return `Results`.
 
 Every public function raises the command line's one-line UsageErrors, with options spelled as the
-keyword arguments they are here (errors.python_spelling); numpy integers and floats are accepted
+keyword arguments they are here (python_spelling, below); numpy integers and floats are accepted
 wherever Python's are (core's dataclasses turn them into Python's own).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import inspect
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +32,83 @@ import numpy as np
 import onnx
 
 from . import core
-from .errors import UsageError, in_python_spelling, python_spelling, shown, unknown_keyword
+from .errors import UsageError, shown
 from .stats import ABSTAIN
 
 __all__ = ["ABSTAIN", "Certificate", "Prediction", "Results", "Smooth", "certify", "load_images", "predict",
            "read_results", "shipped"]
+
+
+# -- messages in Python's spelling -----------------------------------------------------------------------
+
+# `--name`, then maybe its value: a number, a one-letter placeholder (K), or a word (checked below
+# against the option's choices, so that "--device cuda" is a value but "--n must" is not).
+_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (-?\d[\d.,_]*(?:e-?\d+)?(?![\w.])|[A-Z]\b|[a-z]+\b))?")
+# Words after an option that make it the subject of the sentence: "n must be at least 1", "labels and
+# split apply to …", "noise_space for videos must be …".
+_VERB = r"(?:must|applies|apply|needs|need|takes|names|is|was|does)\b"
+_SUBJECT = re.compile(rf"\s*(?:[:,]|{_VERB}|for \w+ {_VERB}|and --[a-z][a-z0-9-]* {_VERB})")
+
+
+def in_python_spelling(message: str) -> str:
+    """A message about command-line options, as it reads for a Python caller:
+    "pass --image-size 28" → "pass image_size=28", "use --overwrite" → "use overwrite=True",
+    "--device cuda" → 'device="cuda"', "--n must be at least 1" → "n must be at least 1"."""
+    flags, choices = core.FLAGS, core.CHOICES
+
+    def keyword(match: re.Match) -> str:
+        option, value = match.group(1), match.group(2)
+        command = message.rfind("srtool ", 0, match.start())
+        if command >= 0 and not re.search(r"[;()]", message[command:match.start()]):
+            return match.group(0)  # part of a shell command the message quotes ("srtool show RUN --errors")
+        name = option.replace("-", "_")
+        if value is not None and value.isalpha() and len(value) > 1 and value not in choices.get(option, ()):
+            value = None  # an ordinary word that follows the option, not its value
+        rest = message[match.end(1) if value is None else match.end():]
+        if value is None:
+            subject = _SUBJECT.match(rest) is not None or message[:match.start()].rstrip().endswith("(")
+            word = "" if subject else ("=True" if option in flags else "=")
+            return name + word + ("" if match.group(2) is None else " " + match.group(2))
+        if value.isalpha() and len(value) > 1:
+            return f'{name}="{value}"'
+        return f"{name}={value.rstrip('.,')}" + value[len(value.rstrip('.,')):]
+
+    return _OPTION.sub(keyword, message)
+
+
+# Other libraries' names for Smooth's keywords (Cohen et al.'s `num`, IBM ART's `n_samples` /
+# `sample_size`): told the name here, as any near miss is.
+ALIASES = {"n_samples": "n", "num": "n", "num_samples": "n", "sample_size": "n", "N": "n", "N0": "n0",
+           "batch_size": "batch", "noise_sd": "sigma"}
+
+
+def unknown_keyword(key: str, known) -> UsageError:
+    """The one answer to a keyword argument that is not ours: its name and, where one is close, ours."""
+    close = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, list(known), n=1)), None)
+    hint = "" if close is None else " (use batch)" if close == "batch" and key == "batch_size" \
+        else f" (did you mean {close}?)"
+    return UsageError(f"unknown argument {key!r}{hint}")
+
+
+def python_spelling(function):
+    """Decorator for the Python API: its UsageErrors name keyword arguments, not command-line flags,
+    and a keyword it does not take is answered as srtool.certify answers one (not a TypeError)."""
+    signature = inspect.signature(function)
+    named = [p.name for p in signature.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            if not open_ended:
+                for key in kwargs:
+                    if key not in named:
+                        raise unknown_keyword(key, named)
+            return function(*args, **kwargs)
+        except UsageError as error:
+            raise UsageError(in_python_spelling(str(error))) from None
+    return wrapper
 
 
 @python_spelling
@@ -456,8 +532,8 @@ def _run(mode: str, model, images, videos, kwargs: dict) -> core.Run:
         if key in TOP_LEVEL:
             top[key] = value
         elif section is None or key == "mode":
-            known = [k for cls in owners.values() for k in cls.__dataclass_fields__] + list(TOP_LEVEL) + ["ensemble"]
-            raise UsageError(unknown_keyword(key, known))
+            raise unknown_keyword(key, [k for cls in owners.values() for k in cls.__dataclass_fields__ if k != "mode"]
+                                  + list(TOP_LEVEL) + ["ensemble"])
         else:
             sections[section][key] = value
     data = images if images is not None else videos

@@ -10,7 +10,7 @@ one from keyword arguments; `--engine ray` ships the `Run` itself to its workers
 same engine from it. Every check happens in the dataclasses' `__post_init__` (ranges, choices) or in
 `start` (what needs the model or the data), and raises a one-line UsageError before anything is
 written. Messages name the command-line option (`--image-size`); the Python API raises them in
-keyword spelling (`image_size=`), rewritten in one place (errors.in_python_spelling).
+keyword spelling (`image_size=`), rewritten in one place (api.in_python_spelling, from FLAGS and CHOICES).
 """
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ AUTO_BATCH_VALUES = {"cuda": 64 * 2**20, "cpu": 2**17}
 # the copies per call shrink as videos get longer (a 300-frame 112×112 video runs one copy per call).
 VIDEO_VALUES_PER_CALL = 16 * 2**20
 
+# What the Python API needs to render an option of a message as a keyword (api.in_python_spelling):
+# the options that take no value (`--overwrite` → `overwrite=True`) and the words each option takes
+# (so that "--device cuda" is an option's value but "--n must" is not). The command line declares
+# the same options; tests/test_papercuts.py holds the two together.
+FLAGS = frozenset({"overwrite", "sequential", "quiet", "ensemble", "predict", "errors", "json", "ci", "compare",
+                   "envelope"})
+CHOICES = {"device": ("auto", "cpu", "cuda"), "noise": NOISE_MODES, "sampling": ("dense", "random"),
+           "reduce": ("mean", "max"), "noise-space": ("input", "resized", "patch"), "engine": ("local", "ray"),
+           "sequential-method": ("union", "staged"), "short": ("error", "loop"),
+           "format": ("table", "markdown", "json", "cohen-tsv", "csv")}
 KINDS = ("images", "videos")
 MODES = ("certify", "predict")
 # Upper bounds on options, far beyond any sensible run: past them srtool would hang or fail deep inside
@@ -415,7 +425,7 @@ def start(run: Run, worker: bool = False, quiet: bool = False) -> Job:
     """
     if run.runtime.engine == "ray" and not worker:
         from .ray_engine import RayEngine
-        return RayEngine(run, quiet).start()
+        return RayEngine(run, start, quiet).start()
     from .pipeline import run as run_locally
     job = _prepare_images(run, worker) if run.kind == "images" else _prepare_videos(run, worker)
     job.executor = run_locally

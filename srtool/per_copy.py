@@ -107,7 +107,7 @@ def probe(proto: onnx.ModelProto, what: str, key: tuple, feeds, output_name: str
     """
     import time
 
-    from .engine import make_session, runtime_failure
+    from .session import make_session, runtime_failure
 
     if key in _checked:
         return _checked[key]

@@ -170,9 +170,9 @@ class Worker:
     Wrapped with ray.remote only when the engine runs, so importing this module never imports Ray.
     """
 
-    def __init__(self, runs: tuple[str, object, object], fault: tuple[str, int] | None = None):
-        from .core import start
-
+    def __init__(self, runs: tuple[str, object, object], start, fault: tuple[str, int] | None = None):
+        # `start` is core.start, handed over by the driver: this module runs what it is given and
+        # never imports core back (core imports it to choose the engine).
         # An error here would kill the actor and reach the driver as an opaque death, so it is kept
         # and reported by describe(): a worker that cannot start stops the run with its message.
         self.error, self.fault, self.started = None, fault, 0
@@ -249,7 +249,8 @@ def _parse_fault(text: str | None) -> tuple[str, int] | None:
 
 
 class RayEngine:
-    def __init__(self, run, quiet: bool = False):
+    def __init__(self, run, start, quiet: bool = False):
+        self.start_local = start  # core.start: builds a local job from a core.Run (the driver's and the workers')
         self.run = run  # the workers' description of the run (core.Run); ranges already checked
         runtime = run.runtime
         self.address, self.quiet = runtime.address, quiet
@@ -303,14 +304,12 @@ class RayEngine:
         """The run started on the driver as a local one, then the workers (only if there is work)."""
         from dataclasses import replace
 
-        from .core import start
-
         # The driver's own session only checks that the model runs on the plan (and counts its
         # classes); the actors do the work. On the CPU it never takes a GPU from a worker, and a
         # head node without a GPU can drive GPU workers.
         driver = replace(self.run, runtime=replace(self.run.runtime, engine="local", address=None, workers=None,
                                                    gpus_per_worker=None, cpus_per_worker=None, device="cpu"))
-        job = start(driver)
+        job = self.start_local(driver)
         if job.todo:
             try:
                 self._start(job.config, job.dataset, len(job.todo))
@@ -404,7 +403,7 @@ class RayEngine:
         first = self.replacements == 0 and number == 0
         fault = self.fault if self.fault and (self.fault[0] == "poison" or
                                               (self.fault[0] == "exit-after" and first)) else None
-        handle = self.actor.remote(self.worker_runs, fault)
+        handle = self.actor.remote(self.worker_runs, self.start_local, fault)
         return _Slot(number, handle, handle.describe.remote())
 
     def _room_for_another(self) -> bool:

@@ -351,7 +351,7 @@ def test_discrete_noise_feeds_the_denoiser(tmp_path, prototype_run, capsys):
 def test_graphs_past_protobufs_limit_run_from_a_private_folder(tmp_path, prototype_run, capsys, monkeypatch):
     """A sampling graph larger than protobuf's 2 GiB (ADM's UNet is 2.2 GB) goes to ONNX Runtime as a
     file with its weights beside it, in a folder of srtool's own: the same votes as from bytes."""
-    from srtool import engine
+    from srtool import session
 
     model, data = prototype_run(3)
     unet = tiny_unet(tmp_path / "unet.onnx", 28)
@@ -359,9 +359,9 @@ def test_graphs_past_protobufs_limit_run_from_a_private_folder(tmp_path, prototy
               "--n", 60, "--threads", 1, "--quiet"]
     assert srtool(*common, "--out", tmp_path / "bytes.parquet", capsys=capsys)[0] == 0
     spilled = []
-    original = engine._spilled
-    monkeypatch.setattr(engine, "MAX_PROTO_BYTES", 1000)
-    monkeypatch.setattr(engine, "_spilled", lambda proto: spilled.append(1) or original(proto))
+    original = session._spilled
+    monkeypatch.setattr(session, "MAX_PROTO_BYTES", 1000)
+    monkeypatch.setattr(session, "_spilled", lambda proto: spilled.append(1) or original(proto))
     assert srtool(*common, "--out", tmp_path / "file.parquet", capsys=capsys)[0] == 0
     assert spilled
     assert read(tmp_path / "file.parquet")[0].column("counts") == read(tmp_path / "bytes.parquet")[0].column("counts")
@@ -369,12 +369,12 @@ def test_graphs_past_protobufs_limit_run_from_a_private_folder(tmp_path, prototy
 
 def test_spilling_leaves_the_callers_proto_as_it_was(tmp_path):
     """The weights leave the proto only while the graph is written, and come back bit for bit."""
-    from srtool import engine
+    from srtool import session
 
     proto = onnx.load(tiny_unet(tmp_path / "unet.onnx", 28))
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.arange(4096, dtype=np.float32), "big"))
     before = proto.SerializeToString()
-    path, folder = engine._spilled(proto)
+    path, folder = session._spilled(proto)
     assert proto.SerializeToString() == before
     written = onnx.load(path, load_external_data=False)
     big = next(t for t in written.graph.initializer if t.name == "big")
@@ -395,7 +395,7 @@ def test_a_terminated_run_leaves_no_spilled_graph_behind(tmp_path, prototype_run
     unet = tiny_unet(tmp_path / "unet.onnx", 28)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    driver = ("import srtool.engine as e; e.MAX_PROTO_BYTES = 1000\n"
+    driver = ("import srtool.session as s; s.MAX_PROTO_BYTES = 1000\n"
               "from srtool.cli import main\n"
               f"main(['certify', '--model', {str(model)!r}, '--images', {str(data)!r}, '--diffusion', {str(unet)!r},"
               f" '--sigma', '0.25', '--n', '200000', '--quiet', '--out', {str(tmp_path / 'r.parquet')!r}])\n")

@@ -20,7 +20,8 @@ from scipy.stats import norm
 
 import srtool
 from srtool import core
-from srtool.errors import UsageError, in_python_spelling
+from srtool.api import in_python_spelling
+from srtool.errors import UsageError
 from cli_helpers import read, srtool as cli
 
 MODEL_SIGMA = 0.25  # prototype_run's model declares srtool.sigma 0.25
@@ -174,7 +175,7 @@ def test_python_callers_are_told_the_keyword_to_pass(tmp_path, linear):
     srtool.certify(model, images=data, n0=10, n=50, max=1, out=out)
     with pytest.raises(UsageError, match=r"\(n\); use overwrite=True or another out=$"):
         srtool.certify(model, images=data, n0=10, n=60, max=1, out=out)
-    with pytest.raises(UsageError, match=r"^unknown argument 'batch_size' \(did you mean batch\?\)$"):
+    with pytest.raises(UsageError, match=r"^unknown argument 'batch_size' \(use batch\)$"):
         srtool.certify(model, images=data, out=out, batch_size=8)
     with pytest.raises(UsageError, match=r"^unknown argument 'sigmas' \(did you mean sigma\?\)$"):
         srtool.certify(model, images=data, out=out, sigmas=0.5)
@@ -556,3 +557,69 @@ def test_fuzz_smooth_certify_keywords(prototype_run, keywords):
         assert_one_keyword_spelled_line(str(error))
     else:
         assert int(np.sum(cert.counts)) == cert.n and type(cert.n) is int
+
+
+# -- one error path, no import circle ----------------------------------------------------------
+
+@pytest.mark.parametrize("call", ["smooth_certify", "smooth_predict", "certify"])
+@pytest.mark.parametrize("alias", ["n_samples", "num", "sample_size", "nn"])
+def test_other_libraries_names_for_n_are_told_the_keyword_everywhere(tmp_path, linear, call, alias):
+    model, data = linear
+    x = np.load(data)["x"][:1, None]
+    with pytest.raises(UsageError, match=rf"^unknown argument '{alias}' \(did you mean n\?\)$"):
+        if call == "certify":
+            srtool.certify(model, images=data, out=tmp_path / "r.parquet", **{alias: 50})
+        else:
+            with srtool.Smooth(model, sigma=0.25) as smooth:
+                getattr(smooth, call.split("_")[1])(x, **{alias: 50})
+
+
+def test_the_python_spelling_facts_are_the_command_lines():
+    """core.FLAGS / core.CHOICES (what api renders messages from) say what the CLI declares."""
+    import click
+
+    from srtool.cli import cli as command_line
+
+    flags, choices = set(), {}
+    for command in command_line.commands.values():
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if getattr(param, "is_flag", False) and not param.secondary_opts:
+                    flags.add(opt.removeprefix("--"))
+                if isinstance(param.type, click.Choice):
+                    choices.setdefault(opt.removeprefix("--"), set()).update(param.type.choices)
+    assert flags - {"help", "debug", "version"} <= set(core.FLAGS) | {"diffusion"}
+    assert {name: set(words) for name, words in core.CHOICES.items()} == choices
+
+
+def test_srtool_imports_form_no_circle():
+    """srtool/*.py's imports of each other (module level or inside functions) have no cycle."""
+    import ast
+
+    package = Path(srtool.__file__).parent
+    edges = {}
+    for path in package.glob("*.py"):
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                targets.update(name.split(".")[0] for name in names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srtool."):
+                targets.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                targets.update(a.name.split(".")[1] for a in node.names if a.name.startswith("srtool."))
+        edges[path.stem] = {t for t in targets if (package / f"{t}.py").exists()} - {path.stem}
+    assert len(edges) > 15 and edges["api"] and edges["cli"]  # the parse found the imports
+    state = {}
+
+    def visit(module, trail):
+        state[module] = "open"
+        for target in sorted(edges[module]):
+            assert state.get(target) != "open", " → ".join([*trail, module, target])
+            if target not in state:
+                visit(target, [*trail, module])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
