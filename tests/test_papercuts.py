@@ -623,3 +623,13 @@ def test_srtool_imports_form_no_circle():
     for module in sorted(edges):
         if module not in state:
             visit(module, [])
+
+
+def test_docs_cite_only_the_repository():
+    """The user reads only the repository: no design-notes sections, no issue numbers."""
+    root = Path(__file__).parent.parent
+    for path in [*sorted((root / "docs").glob("*.md")), root / "exporters" / "README.md", root / "README.md"]:
+        text = path.read_text()
+        assert not re.search(r"DESIGN\b|§|\b[Ii]ssues? #?\d", text), path.name
+    readme = (root / "README.md").read_text()
+    assert "srtool[pandas]" in readme and "`rotated` is true" in readme
