@@ -364,9 +364,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], opset: int) -> onn
                 opset_version=opset, input_names=["input"], output_names=["logits"],
                 dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True)
         except Exception as exc:  # torch.export's errors are long; the first line names the op
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first} "
-                              f"(--debug shows the traceback)") from exc
+            raise export_failure(exc) from exc
     proto = program.model_proto
     # The exporter tags values with debugging metadata (source node names); srtool.* keys are ours.
     del proto.metadata_props[:]
@@ -581,13 +579,27 @@ def program_name(module: str) -> str:
     return COMMAND or f"python -m exporters.{module}"
 
 
+def export_failure(exc: BaseException) -> "ExportError":
+    """torch.onnx.export's failure in one line: the outer error (often a PassError that says only
+    which pass failed) and, where it wraps one, the innermost cause, which says what went wrong."""
+    def first(error: BaseException) -> str:
+        return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+    root = exc
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    cause = f" (caused by {first(root)})" if root is not exc else ""
+    return ExportError(f"torch.onnx.export failed: {first(exc)}{cause} (--debug shows the traceback)")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's main, turning ExportError into 'error: ...' and exit code 2 (no traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(args)
     except ExportError as exc:
-        if "--debug" in args:
-            raise
+        if "--debug" in args:  # the traceback too, but the same exit code
+            import traceback
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from exporters.archs.unet import UNetModel, attention_rates, default_channel_mult
-from exporters.common import (FP32_RTOL, ExportError, fit_state_dict, info, load_checkpoint,
+from exporters.common import (FP32_RTOL, ExportError, export_failure, fit_state_dict, info, load_checkpoint,
                               program_name, run_cli, sha256_file, unwrap_checkpoint)
 
 DATA_RANGE = (-1.0, 1.0)
@@ -243,9 +243,7 @@ def _export_program_once(job: Export):
                 dynamic_shapes=tuple(spatial if job.spatial and i == 0 else {0: batch}
                                      for i in range(len(job.inputs))), optimize=True)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first} "
-                              f"(--debug shows the traceback)") from exc
+            raise export_failure(exc) from exc
 
 
 def _check(path: Path, job: Export) -> None:

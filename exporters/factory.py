@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("--kind denoiser")
     group.add_argument("--noise-level-shape",
                        help="non-blind denoisers: shape of the noise-level input without the batch "
-                            "axis, e.g. 1,1,1 or 1,32,32 (srtool fills it with sigma*sigma-scale)")
+                            "axis, e.g. 1,1,1 or 1,32,32, or '' for one value per image (shape N) "
+                            "(srtool fills it with sigma*sigma-scale)")
     group.add_argument("--sigma-scale", type=float, default=1.0,
                        help="units of the noise level: 1 = [0,1] pixel units, 255 = 0-255 units")
     group.add_argument("--sigma-range", help="lo,hi: noise levels ([0,1] units) it was trained for")
@@ -183,7 +184,7 @@ def export_image_model(args: argparse.Namespace, input_shape: tuple[int, ...]) -
         meta["srtool.source_sha256"] = sha256_file(args.checkpoint)
     out = args.out or Path(f"{name.rpartition(':')[2]}.onnx")
     if args.kind == "denoiser":
-        level = parse_shape_any(args.noise_level_shape) if args.noise_level_shape else None
+        level = parse_shape_any(args.noise_level_shape) if args.noise_level_shape is not None else None
         if args.sigma_scale <= 0:
             raise ExportError(f"--sigma-scale must be positive, got {args.sigma_scale}")
         span = None
@@ -211,6 +212,9 @@ def export_image_model(args: argparse.Namespace, input_shape: tuple[int, ...]) -
 
 
 def parse_shape_any(text: str) -> tuple[int, ...]:
+    """`1,32,32` → (1, 32, 32); '' → (): a noise level of shape N, one value per image."""
+    if not text.strip():
+        return ()
     try:
         shape = tuple(int(v) for v in text.replace(" ", "").split(","))
     except ValueError:

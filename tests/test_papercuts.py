@@ -633,3 +633,26 @@ def test_docs_cite_only_the_repository():
         assert not re.search(r"DESIGN\b|§|\b[Ii]ssues? #?\d", text), path.name
     readme = (root / "README.md").read_text()
     assert "srtool[pandas]" in readme and "`rotated` is true" in readme
+
+
+def test_exporter_failures_name_their_cause_and_debug_keeps_exit_2(capsys):
+    pytest.importorskip("torch")
+    from exporters.common import ExportError, export_failure, run_cli
+    from exporters.factory import parse_shape_any
+
+    try:
+        try:
+            raise ValueError("aten::foo has no ONNX symbolic\nmore text")
+        except ValueError as inner:
+            raise RuntimeError("PassError: pass Decompose failed") from inner
+    except RuntimeError as outer:
+        message = str(export_failure(outer))
+    assert "RuntimeError: PassError" in message and "caused by ValueError: aten::foo has no ONNX symbolic" in message
+    assert "\n" not in message
+
+    def failing(args):
+        raise ExportError("no such checkpoint")
+
+    assert run_cli(failing, []) == 2 and run_cli(failing, ["--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    assert parse_shape_any("") == () and parse_shape_any("1,32,32") == (1, 32, 32)  # '' : rank 1, one level per image
