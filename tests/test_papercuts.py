@@ -656,3 +656,33 @@ def test_exporter_failures_name_their_cause_and_debug_keeps_exit_2(capsys):
     assert run_cli(failing, []) == 2 and run_cli(failing, ["--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
     assert parse_shape_any("") == () and parse_shape_any("1,32,32") == (1, 32, 32)  # '' : rank 1, one level per image
+
+
+RANK_ONE_LEVEL = '''
+import torch
+from torch import nn
+
+class PerImageLevel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, level):
+        return x - 0.001 * self.conv(x) * level[:, None, None, None]
+'''
+
+
+def test_an_exported_denoiser_can_take_one_noise_level_per_image(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from exporters import factory
+    from exporters.common import run_cli
+    from srtool.denoise import load_denoiser
+
+    source = tmp_path / "toy.py"
+    source.write_text(RANK_ONE_LEVEL)
+    out = tmp_path / "den.onnx"
+    code = run_cli(factory.main, ["--kind", "denoiser", "--factory", f"{source}:PerImageLevel", "--input-shape",
+                                  "1,12,12", "--noise-level-shape", "", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    denoiser = load_denoiser(out, "denoiser")
+    assert denoiser.level_input is not None and denoiser.level_shape == ()  # not exported blind
