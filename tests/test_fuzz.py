@@ -64,9 +64,7 @@ def check_exit(code, out: str, err: str) -> str:
         return "ok"
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines, where
-    last = lines[-1]
-    if last.startswith("Error: "):  # click's own usage errors (unknown option, bad choice, not a number)
-        return "refused"
+    last = lines[-1]  # click's own usage errors (unknown option, bad choice) read as srtool's too
     assert last.startswith("error: ") and len(last) < 2000, where
     return "rows" if "could not be evaluated" in last and "every row is saved" in last else "refused"
 
