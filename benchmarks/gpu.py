@@ -385,7 +385,7 @@ def export_unet(case: DiffusionCase, folder: Path) -> dict:
 
     from exporters.archs.unet import UNetModel
     from exporters.diffusion import PRESETS, export_diffusion
-    from exporters.fp16 import convert_to_fp16
+    from exporters.fp16 import convert_to_fp16, load_as_fp16
 
     paths = case.paths(folder)
     info: dict = {"unet": {k: v for k, v in case.unet.items()}}
@@ -404,7 +404,7 @@ def export_unet(case: DiffusionCase, folder: Path) -> dict:
     info["fp32_mib"] = round(sum(p.stat().st_size for p in folder.glob(paths["fp32"].name + "*")) / 2**20, 1)
     if not paths["fp16"].exists():
         try:
-            weights, clipped_on_load = load_weights_as_fp16(paths["fp32"])
+            weights, clipped_on_load = load_as_fp16(paths["fp32"])
             proto, clipped = convert_to_fp16(weights)
             clipped += clipped_on_load
             partial = paths["fp16"].with_suffix(".partial")
@@ -417,35 +417,6 @@ def export_unet(case: DiffusionCase, folder: Path) -> dict:
         info["fp16"] = str(paths["fp16"])
     info["seconds"] = round(time.monotonic() - began, 1)
     return info
-
-
-def load_weights_as_fp16(path: Path, min_bytes: int = 2**20) -> tuple:
-    """The model at `path` with its large float32 weights already rounded to float16, one tensor at a
-    time as they are read. The fp32 ADM UNet (2.21 GB, its weights in `.onnx.data`) cannot exist as
-    one protobuf message (2 GiB at most: copying or serializing it fails), its fp16 form (1.1 GB) can;
-    exporters.fp16.convert_to_fp16 then converts the rest (small tensors, casts, the boundary) and
-    leaves these as they are. Tensors under `min_bytes` are left to it, so its float32-only inputs (Resize
-    scales) keep their type. Values beyond float16's range are clipped, as convert_to_fp16 does, and
-    counted: returns (model, clipped values)."""
-    import onnx
-    from onnx import TensorProto, numpy_helper
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
-
-    from exporters.fp16 import FP16_MAX
-
-    proto = onnx.load(str(path), load_external_data=False)
-    clipped = 0
-    for tensor in proto.graph.initializer:
-        if uses_external_data(tensor):
-            load_external_data_for_tensor(tensor, str(path.parent))
-            tensor.data_location = TensorProto.DEFAULT
-            del tensor.external_data[:]
-        if tensor.data_type == TensorProto.FLOAT and len(tensor.raw_data) >= min_bytes:
-            weights = numpy_helper.to_array(tensor)
-            clipped += int(np.count_nonzero(np.abs(weights) > FP16_MAX))
-            tensor.CopyFrom(numpy_helper.from_array(np.clip(weights, -FP16_MAX, FP16_MAX).astype(np.float16),
-                                                    tensor.name))
-    return proto, clipped
 
 
 def unet_fp16_check(paths: dict[str, Path], case: DiffusionCase, device: str) -> dict:

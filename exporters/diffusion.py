@@ -59,8 +59,8 @@ import torch
 from torch import nn
 
 from exporters.archs.unet import UNetModel, attention_rates, default_channel_mult
-from exporters.common import (FP32_RTOL, ExportError, export_failure, fit_state_dict, info, load_checkpoint,
-                              program_name, run_cli, sha256_file, unwrap_checkpoint)
+from exporters.common import (FP16_RTOL, FP32_RTOL, ExportError, export_failure, fit_state_dict, info,
+                              load_checkpoint, program_name, run_cli, sha256_file, unwrap_checkpoint)
 
 DATA_RANGE = (-1.0, 1.0)
 # σ of the parity inputs, [0,1] pixel units: the noise levels certificates are usually stated at.
@@ -189,12 +189,12 @@ class Parity:
                 f"{self.scale:.3g}; tolerance {self.tol:.3g}) -> {'ok' if self.ok else 'FAILED'}")
 
 
-def compare(label: str, reference: np.ndarray, got: np.ndarray) -> Parity:
-    """Largest absolute difference against FP32_RTOL of the largest |output| (the reasoning is in
+def compare(label: str, reference: np.ndarray, got: np.ndarray, rtol: float = FP32_RTOL) -> Parity:
+    """Largest absolute difference against `rtol` of the largest |output| (the reasoning is in
     exporters/common.py: float32 rounding stays orders of magnitude below, a wrong layer does not)."""
     scale = float(np.abs(reference).max())
     max_abs = float(np.abs(reference - got).max()) if np.isfinite(got).all() else float("inf")
-    return Parity(label, max_abs, scale, max(FP32_RTOL * scale, 1e-5))
+    return Parity(label, max_abs, scale, max(rtol * scale, 1e-5))
 
 
 @dataclass
@@ -438,6 +438,47 @@ def export_diffusion(model: nn.Module, spec: DiffusionSpec, out: Path,
     return export_and_check(job, out, force)
 
 
+def export_fp16(fp32: Path, job: Export, force: bool = False) -> dict:
+    """`<name>_fp16.onnx` beside the exported float32 file: its weights read and rounded a tensor at a
+    time (exporters.fp16.load_as_fp16: the fp32 ADM UNet is past protobuf's 2 GiB), checked against
+    PyTorch on the same parity inputs at FP16_RTOL, written only if that passes (unless force)."""
+    from exporters.fp16 import convert_to_fp16, load_as_fp16
+
+    out = fp32.with_name(fp32.stem + "_fp16.onnx")
+    proto, clipped = load_as_fp16(fp32)
+    proto, more = convert_to_fp16(proto)
+    clipped += more
+    for prop in proto.metadata_props:
+        if prop.key == "srtool.precision":
+            prop.value = "float16"
+            break
+    else:
+        proto.metadata_props.add(key="srtool.precision", value="float16")
+    if clipped:
+        info(f"--fp16: {clipped:,} weights beyond float16's range were clipped to ±{65504}")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        staged = Path(tmp) / out.name
+        onnx.save_model(proto, str(staged))
+        del proto
+        results = []
+        model = job.model.eval()
+        for label, feeds in job.parity_cases:
+            with torch.no_grad():
+                reference = model(*(torch.from_numpy(feeds[n]) for n in job.inputs)).float().numpy()
+            results.append(compare(f"fp16 {label}", reference, _onnx_outputs(staged, feeds), FP16_RTOL))
+            info(results[-1].line())
+        ok = all(r.ok for r in results)
+        summary = {"path": str(out), "ok": ok, "written": ok or force, "clipped": clipped,
+                   "parity": {r.label: {"max_abs": r.max_abs, "scale": r.scale} for r in results}}
+        if not summary["written"]:
+            print(f"error: fp16 parity check failed; {out} not written (--force writes it anyway)",
+                  file=sys.stderr)
+            return summary
+        shutil.move(str(staged), out)
+    info(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, float16 weights, float32 inputs and output)")
+    return summary
+
+
 # ---- checkpoints --------------------------------------------------------------------------------
 
 def load_unet(path: Path, unet: dict, trust: bool) -> UNetModel:
@@ -493,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow checkpoints that pickle arbitrary objects (runs their code!)")
     parser.add_argument("--force", action="store_true",
                         help="write the model even if the parity check fails (exit code 1)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="also write <out>_fp16.onnx (float16 weights, float32 inputs/output), "
+                             "checked against PyTorch like the float32 file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -552,7 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "srtool.source_sha256": sha256_file(args.checkpoint)}
     job = diffusion_job(net, spec, (unet["in_channels"], unet["image_size"], unet["image_size"]),
                         meta, sigmas, args.parity_batch, args.seed, args.opset)
-    summary = export_and_check(job, args.out or Path(f"{args.preset}.onnx"), args.force)
+    out = args.out or Path(f"{args.preset}.onnx")
+    summary = export_and_check(job, out, args.force)
+    if args.fp16 and summary["written"]:
+        summary["ok"] &= export_fp16(out, job, args.force)["ok"]
     return 0 if summary["ok"] else 1
 
 

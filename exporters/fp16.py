@@ -109,3 +109,27 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del graph.value_info[:]
     model_copy = onnx.shape_inference.infer_shapes(model_copy, strict_mode=True)
     return model_copy, clipped
+
+
+def load_as_fp16(path, min_bytes: int = 2**20) -> tuple[onnx.ModelProto, int]:
+    """The model file at `path` with its large float32 weights rounded to float16 one tensor at a
+    time as they are read from its external data: (model, values clipped). A float32 graph past
+    protobuf's 2 GiB (ADM's ImageNet UNet, 2.2 GB in `.onnx.data`) cannot be one message, so
+    convert_to_fp16 could not take it whole; its float16 form (1.1 GB) can, and convert_to_fp16
+    then converts the rest (small tensors, casts, the boundary). Tensors under `min_bytes` are left
+    to it so that its float32-only inputs (Resize scales) keep their type."""
+    from pathlib import Path
+
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    clipped = 0
+    for tensor in proto.graph.initializer:
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+        if tensor.data_type == TensorProto.FLOAT and len(tensor.raw_data) >= min_bytes:
+            clipped += _convert_tensor(tensor)
+    return proto, clipped

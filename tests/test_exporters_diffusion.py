@@ -432,3 +432,39 @@ def test_parity_failure_exits_1_and_writes_nothing(toys, tmp_path, capsys, monke
 def test_attention_rates():
     assert attention_rates(256, "32,16,8") == (8, 16, 32)
     assert attention_rates(32, [16, 8]) == (2, 4)
+
+
+def test_fp16_export_reads_external_weights_and_checks_parity(tmp_path, monkeypatch, capsys):
+    """--fp16 writes <out>_fp16.onnx beside the float32 file, its weights read from the float32
+    file's external data (the limit is lowered so that a tiny ADM-layout UNet takes the path the real
+    2.2 GB one does), float16 inside, float32 at the boundary, close to PyTorch on a fresh input."""
+    from exporters.common import FP16_RTOL
+
+    monkeypatch.setattr(diffusion, "PROTOBUF_LIMIT", 2 ** 26 + 1)
+    net, spec, flags = tiny_unet("guided")
+    randomize(net, seed=2)
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    out = tmp_path / "unet.onnx"
+    code, stdout, err = run(diffusion, [ckpt, "--preset", "adm-imagenet256-uncond", *flags, "-o", out,
+                                        "--parity-sigmas", "0.5", "--fp16"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "unet.onnx", "unet.onnx.data",
+                                                         "unet_fp16.onnx"]
+    assert stdout.count("parity fp16") == 1 and stdout.count("-> ok") == 2
+    half = onnx.load(str(tmp_path / "unet_fp16.onnx"))
+    assert metadata(tmp_path / "unet_fp16.onnx")["srtool.precision"] == "float16"
+    assert metadata(tmp_path / "unet_fp16.onnx")["srtool.kind"] == "diffusion"
+    weights = [t for t in half.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+               and np.prod(t.dims) > 16]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert [i.type.tensor_type.elem_type for i in half.graph.input] == [onnx.TensorProto.FLOAT] * 2
+    rng = np.random.default_rng(7)
+    x_t = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    steps = np.full(2, spec.model_timestep(spec.one_shot_step(0.25)), np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x_t), torch.from_numpy(steps)).numpy()
+    got = ort_run(tmp_path / "unet_fp16.onnx", {"x": x_t, "t": steps})
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() <= FP16_RTOL * np.abs(want).max()
+    assert np.abs(got - want).max() > 0  # float16 really rounds
