@@ -313,6 +313,7 @@ def _execute(run: core.Run, quiet: bool) -> None:
         else:
             execute_with_progress(job)
     except KeyboardInterrupt:
+        job.close()  # stops the calls in flight now rather than waiting for them at exit
         click.echo("\ninterrupted: finished inputs are saved; run the same command to resume", err=True)
         sys.exit(130)
     table = job.finish()
