@@ -162,14 +162,31 @@ def run(model: Model, plan, num_classes: int, batch: int | None, device: str, th
     views_per_copy = plan.views_per_copy
     per_copy = max(int(np.prod(plan.noise_shape)), views_per_copy * int(np.prod(plan.view_shape)))
     pipeline_batches = candidate_batches(per_copy, device, batch)
-    counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes, pipeline_batches[0],
-                          device, threads, device_noise_seed=0 if noise_mode == "device" else None, sigma=sigma)
+    device_noise = noise_mode == "device"
+    loops = sampling_loops(resolve_device(device) == "cuda", threads, device_noise)
+    # A model past ONE_LAYOUT_BYTES (an ADM UNet) is measured one part after the other, in one round:
+    # the bare parts' sessions are let go before the composed graph's is made, so bench holds the
+    # weights no more often than certify does.
+    huge = any(sum(t.ByteSize() for t in proto.graph.initializer) > ONE_LAYOUT_BYTES
+               for proto in [model.proto] + ([denoising.model.proto] if denoising is not None else []))
+    counter = None
+
+    def pipeline_counter() -> VoteCounter:
+        nonlocal counter
+        if counter is None:
+            counter = VoteCounter(sampling_graph(model, plan, denoising=denoising), plan, num_classes,
+                                  pipeline_batches[0], device, threads, device_noise_seed=0 if device_noise else None,
+                                  sigma=sigma)
+        return counter
+
+    if not huge:
+        pipeline_counter()
     # A point on the 1/255 grid, as 8-bit images are (the discrete sampler needs it).
     point = (np.random.default_rng(1).integers(0, 256, plan.noise_shape) / np.float32(255)).astype(np.float32)
     offsets = plan.dense_offsets
     sampler = noise.sampler("discrete" if noise_mode == "discrete" else "gaussian", 0, 0, noise.ESTIMATION)
-    rounds = max(1, min(rounds, int(seconds // 0.3) or 1))  # tiny budgets: one round
-    with ThreadPoolExecutor(max_workers=counter.loops) as pool:
+    rounds = 1 if huge else max(1, min(rounds, int(seconds // 0.3) or 1))  # tiny budgets: one round
+    with ThreadPoolExecutor(max_workers=loops) as pool:
         bare = BareModel(model, device, threads, pool)
         stage = None if denoising is None else BareModel(denoising.model, device, threads, pool, denoising)
         sweeps = [Sweep("bare model", candidate_batches(int(np.prod(plan.view_shape)), device), seconds, rounds),
@@ -184,6 +201,11 @@ def run(model: Model, plan, num_classes: int, batch: int | None, device: str, th
             return measure
 
         def pipeline_rate(copies_per_call: int, share: float, calls: int) -> float:
+            if huge:  # the bare parts are measured: their sessions go before the composed one comes
+                bare.layouts.clear()
+                if stage is not None:
+                    stage.layouts.clear()
+            counter = pipeline_counter()
             counter.batch = copies_per_call
             # Several batches per sampling loop and count: like a long certification, where the loops
             # are rarely idle at the start or the end of an input.
@@ -193,6 +215,7 @@ def run(model: Model, plan, num_classes: int, batch: int | None, device: str, th
         measures = [bare_rate(lambda rows, calls: bare.steps(rows * views_per_copy, calls)), pipeline_rate]
         if stage is not None:
             measures.append(bare_rate(stage.steps))
+        order = [0, 2, 1] if huge and stage is not None else [0, 1] if stage is None else [0, 1, 2]
         total, done = rounds * sum(len(s.batches) for s in sweeps), 0
 
         def step(what: str) -> None:
@@ -201,8 +224,8 @@ def run(model: Model, plan, num_classes: int, batch: int | None, device: str, th
             on_step(done, total, what)
 
         for _ in range(rounds):
-            for sweep, measure in zip(sweeps, measures):
-                sweep.round(measure, step)
+            for i in order:
+                sweeps[i].round(measures[i], step)
     counter.close()
 
     buffer = np.empty((counter.batch, *plan.noise_shape), dtype=np.float32)

@@ -132,3 +132,33 @@ def test_bench_keeps_to_its_budget_and_prints_small_rates_readably():
     assert measured == [(1, 1)] and len(steps) == 4 and "skipped" in steps[-1]
     assert sweep.best() == (2.0, 1)
     assert readable(0.163) == "0.163" and readable(45_812.4) == "45,812" and readable(7.25) == "7.25"
+
+
+def test_bench_measures_a_huge_pair_one_part_after_the_other(monkeypatch, capsys):
+    """Past ONE_LAYOUT_BYTES (an ADM UNet) the bare parts go first, in one round, and their sessions
+    are let go before the composed graph's session is made."""
+    from srtool import bench
+    from srtool.cli import main
+
+    monkeypatch.setattr(bench, "ONE_LAYOUT_BYTES", 0)
+    made = []
+    original = bench.VoteCounter.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append([len(b.layouts) for b in live])
+        original(self, *args, **kwargs)
+    live = []
+    bare_init = bench.BareModel.__init__
+
+    def keep(self, *args, **kwargs):
+        bare_init(self, *args, **kwargs)
+        live.append(self)
+    monkeypatch.setattr(bench.VoteCounter, "__init__", counting)
+    monkeypatch.setattr(bench.BareModel, "__init__", keep)
+    try:
+        main(["bench", "--diffusion", "--seconds", "0.3", "--threads", "1", "--json"])
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    result = json.loads(capsys.readouterr().out)
+    assert result["rounds"] == 1 and result["denoiser_copies_per_s"] > 0 and result["pipeline_copies_per_s"] > 0
+    assert made == [[0, 0]]  # the composed graph's session came after both bare models had let theirs go
