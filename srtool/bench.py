@@ -17,7 +17,7 @@ from onnx import helper
 from . import noise
 from .engine import VoteCounter, make_session, provider_name, resolve_device, sampling_loops
 from .graph import sampling_graph
-from .model import Model
+from .model import Model, weight_bytes
 
 PAPER_N0, PAPER_N = 100, 100_000
 # Calls per sampling loop between two waits for all loops, in the bare model's steps and the
@@ -70,7 +70,7 @@ class BareModel:
         on_cuda = resolve_device(device) == "cuda"
         loops = sampling_loops(on_cuda, threads)
         layouts = [(threads, 1), (threads if on_cuda else 1, loops)]
-        if sum(tensor.ByteSize() for tensor in model.proto.graph.initializer) > ONE_LAYOUT_BYTES:
+        if weight_bytes(model.proto) > ONE_LAYOUT_BYTES:
             layouts = layouts[:1]
         self.model, self.device, self.pool, self.denoising = model, device, pool, denoising
         self.layouts = [(make_session(model.proto, device, intra_op), concurrent) for intra_op, concurrent in layouts]
@@ -167,7 +167,7 @@ def run(model: Model, plan, num_classes: int, batch: int | None, device: str, th
     # A model past ONE_LAYOUT_BYTES (an ADM UNet) is measured one part after the other, in one round:
     # the bare parts' sessions are let go before the composed graph's is made, so bench holds the
     # weights no more often than certify does.
-    huge = any(sum(t.ByteSize() for t in proto.graph.initializer) > ONE_LAYOUT_BYTES
+    huge = any(weight_bytes(proto) > ONE_LAYOUT_BYTES
                for proto in [model.proto] + ([denoising.model.proto] if denoising is not None else []))
     counter = None
 

@@ -453,7 +453,7 @@ def shipped_ensemble(sigma: float) -> list[Path]:
     return [first, *members]
 
 
-def settings_for(run: Run, model, noise_mode: str = "discrete"):
+def settings_for(run: Run, model, noise_mode: str):
     """The statistical settings with the model's and the data's defaults filled in; `noise_mode` is the
     sampler noise_sampler() resolved for the run's data."""
     from .pipeline import Settings

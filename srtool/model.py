@@ -97,6 +97,12 @@ def tensors_of(proto: onnx.ModelProto):
         yield from _graph_tensors(training.algorithm)
 
 
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """The bytes of every tensor in the model, each measured on its own (protobuf refuses to measure a
+    whole message past 2 GiB)."""
+    return sum(tensor.ByteSize() for tensor in tensors_of(proto))
+
+
 def _inline_external_data(proto: onnx.ModelProto, path: Path | None, digest) -> None:
     """Read every tensor kept in an external file into the model, from the model's own folder only;
     each tensor's bytes also go into `digest` (the model's sha256), so new weights are a new model.

@@ -278,7 +278,7 @@ class DiscreteGaussian:
         self._key = (seed, index, purpose)
         self._start = np.random.PCG64DXSM(_seed_sequence(seed, index, purpose)).state  # Gaussian's stream
         self._refinement_start = np.random.PCG64DXSM(_refinement_sequence(seed, index, purpose)).state
-        self._clean, self._x_int = None, None
+        self._integers_of: tuple | None = None  # (clean, its x_int): one attribute, so threads see both or neither
 
     def fill(self, out: np.ndarray, clean: np.ndarray, sigma: float, first_copy: int = 0) -> np.ndarray:
         """Write copies first_copy, first_copy+1, … of clip(x_int + j, -T, 255 + T) / 255 (float32)."""
@@ -330,14 +330,13 @@ class DiscreteGaussian:
         """x_int of `clean` (flat, the table's integer type), kept for the next call with the same
         array: an input's calls all pass its one clean point, and checking the grid costs more than
         the noise."""
-        if self._clean is not clean:
+        cached = self._integers_of  # the sampling loops fill one input's copies side by side
+        if cached is None or cached[0] is not clean or cached[1].dtype != table.dtype:
             x_int = grid_integers(clean)
             if x_int is None:
                 raise ValueError("--noise discrete needs inputs on the 1/255 grid")
-            self._clean, self._x_int = clean, x_int.reshape(-1)
-        if self._x_int.dtype != table.dtype:  # converted once, not per call
-            self._x_int = self._x_int.astype(table.dtype)
-        return self._x_int
+            cached = self._integers_of = (clean, x_int.reshape(-1).astype(table.dtype))
+        return cached[1]
 
     def _refine(self, table: DiscreteTable, bins, prefixes, ambiguous, low_bits, met, first_copy: int,
                 budget: int) -> None:

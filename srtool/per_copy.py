@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
+from .model import weight_bytes
 
 RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                         "Bernoulli"})
@@ -113,7 +114,7 @@ def probe(proto: onnx.ModelProto, what: str, key: tuple, feeds, output_name: str
         return _checked[key]
     refuse_random_ops(proto, what)
     session = make_session(proto, "cpu")
-    huge = sum(tensor.ByteSize() for tensor in proto.graph.initializer) > LARGE_MODEL_BYTES
+    huge = weight_bytes(proto) > LARGE_MODEL_BYTES
     try:
         outputs, made, start = [], copies(2 if huge else 3), time.perf_counter()
         large = [1, *range(3, LARGE_BATCH // 2 + 1), 2, *range(LARGE_BATCH // 2 + 1, LARGE_BATCH), 0]  # 0..63

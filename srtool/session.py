@@ -84,9 +84,9 @@ def _serialized_or_spilled(model: onnx.ModelProto) -> tuple[bytes | str, tempfil
 
     The size is told from the tensors, each measured on its own: protobuf refuses to measure (or
     serialize) a whole message past 2 GiB, and trying costs the time and memory of a serialization."""
-    from .model import tensors_of
+    from .model import weight_bytes
 
-    if sum(tensor.ByteSize() for tensor in tensors_of(model)) <= MAX_PROTO_BYTES:
+    if weight_bytes(model) <= MAX_PROTO_BYTES:
         try:
             return model.SerializeToString(), None
         except ValueError:  # protobuf's EncodeError: the nodes and names took it past the limit after all

@@ -302,23 +302,31 @@ def test_a_refused_overwrite_keeps_the_old_results(scene, capsys):
     assert (scene / "run.parquet").read_bytes() == finished and not (scene / "run.parquet.parts").exists()
 
 
-def failing_on_noise_model() -> onnx.ModelProto:
-    """Runs on the probe's zeros; on a noisy copy whose first pixel is 0.1 or more, a Gather index runs
-    out of range and ONNX Runtime raises (a model that fails at run time, not at load)."""
-    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-             helper.make_node("Gather", ["flat", "zero"], ["first"], axis=1),
-             helper.make_node("Mul", ["first", "ten"], ["scaled"]),
-             helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+def linear_reading_bias_row(index_nodes: list, inits: list) -> onnx.ModelProto:
+    """The linear model plus row `index` of a 1×3 zero bias: `index_nodes` compute `index` from x, so
+    an index other than 0 makes ONNX Runtime raise in the Gather."""
+    nodes = [*index_nodes,
              helper.make_node("Gather", ["bias", "index"], ["row"], axis=0),
+             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
              helper.make_node("MatMul", ["flat", "W"], ["xw"]),
              helper.make_node("Add", ["xw", "row"], ["logits"])]
-    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.float32(10), "ten"),
-             numpy_helper.from_array(np.zeros((1, 3), np.float32), "bias"), numpy_helper.from_array(WEIGHTS, "W")]
+    inits = [*inits, numpy_helper.from_array(np.zeros((1, 3), np.float32), "bias"), numpy_helper.from_array(WEIGHTS, "W")]
     graph = helper.make_graph(nodes, "failing", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model.metadata_props.add(key="srtool.sigma", value="0.25")
     return model
+
+
+def failing_on_noise_model() -> onnx.ModelProto:
+    """Runs on zeros; on a copy whose first pixel is 0.1 or more the Gather index runs out of range and
+    ONNX Runtime raises: the load probe's copies find it before any work."""
+    return linear_reading_bias_row(
+        [helper.make_node("Flatten", ["x"], ["pixels"], axis=1),
+         helper.make_node("Gather", ["pixels", "zero"], ["first"], axis=1),
+         helper.make_node("Mul", ["first", "ten"], ["scaled"]),
+         helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64)],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.float32(10), "ten")])
 
 
 def test_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
@@ -331,24 +339,14 @@ def test_a_model_that_fails_at_run_time_is_one_line(scene, capsys):
 def failing_on_large_batches_model() -> onnx.ModelProto:
     """Passes the load probe (batches of at most 64); a batch of 100 copies or more reads past the
     end of a Gather and ONNX Runtime raises mid-run."""
-    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
-             helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
-             helper.make_node("Greater", ["n", "ninety_nine"], ["large"]),
-             helper.make_node("Cast", ["large"], ["index"], to=TensorProto.INT64),
-             helper.make_node("Mul", ["index", "thousand"], ["far"]),
-             helper.make_node("Gather", ["bias", "far"], ["row"], axis=0),
-             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "W"], ["xw"]),
-             helper.make_node("Add", ["xw", "row"], ["logits"])]
-    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
-             numpy_helper.from_array(np.array(99, np.int64), "ninety_nine"),
-             numpy_helper.from_array(np.array(1000, np.int64), "thousand"),
-             numpy_helper.from_array(np.zeros((1, 3), np.float32), "bias"), numpy_helper.from_array(WEIGHTS, "W")]
-    graph = helper.make_graph(nodes, "failing", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    model.metadata_props.add(key="srtool.sigma", value="0.25")
-    return model
+    return linear_reading_bias_row(
+        [helper.make_node("Shape", ["x"], ["shape"]),
+         helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+         helper.make_node("Greater", ["n", "ninety_nine"], ["large"]),
+         helper.make_node("Cast", ["large"], ["one_if_large"], to=TensorProto.INT64),
+         helper.make_node("Mul", ["one_if_large", "thousand"], ["index"])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(99, np.int64), "ninety_nine"),
+         numpy_helper.from_array(np.array(1000, np.int64), "thousand")])
 
 
 def test_a_model_that_fails_mid_run_is_one_line(scene, capsys):
